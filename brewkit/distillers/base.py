@@ -1,0 +1,589 @@
+"""The training engine shared by every distiller.
+
+``AbstractDistiller.train`` is the whole loop, on one screen: for each optimizer step it takes one group of
+micro-batches (``gradient_accumulation_steps`` of them, fewer at an epoch's tail), runs
+:meth:`train_on_batch` on each (teachers under ``inference_mode``, the student, the adaptors,
+:meth:`compute_loss`), back-propagates the loss divided by the group size, clips every trainable parameter,
+steps, updates the loss-weight schedules, logs and checkpoints. Subclasses define the teacher side and the
+loss; users override :meth:`compute_loss` or :meth:`train_on_batch` to change the objective.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..adaptors import AttentionProbs, hf_adaptor, normalize_output, validate_output
+from ..checkpoint import latest_checkpoint, load_state, load_student, save_checkpoint, unwrap
+from ..configs import NONE, DistillationConfig, TrainingConfig
+from ..errors import AdaptorError, BrewkitError, CheckpointError, ConfigError, NonFiniteLossError
+from ..logging_utils import MetricsWriter, ensure_default_handler, logger
+from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, WEIGHT_SCHEDULER
+from .utils import (CachedCursor, LoaderCursor, batch_size_of, call_model, detach_to_cpu, get_rng_state,
+                    move_to_device, probability_shift_, seed_everything, select_logits_with_mask,
+                    set_rng_state, split_batch)
+
+
+class CachedTeacherResults(dict):
+    """Teacher adaptor results computed earlier (``is_caching_logits``); used as they are."""
+
+
+def _check_model(model: Any, name: str) -> None:
+    if not isinstance(model, nn.Module):
+        hint = " (it looks like a state_dict: build the model and load_state_dict() into it)" \
+            if isinstance(model, Mapping) and model and all(isinstance(v, torch.Tensor) for v in model.values()) \
+            else ""
+        raise ConfigError(f"must be a torch.nn.Module, got {type(model).__name__}{hint}", name)
+
+
+def _clone_if_inference(x: Any) -> Any:
+    """Teacher outputs made under inference_mode cannot be saved for backward; clone the ones we use."""
+    if isinstance(x, torch.Tensor):
+        return x.clone() if x.is_inference() else x
+    if isinstance(x, AttentionProbs):
+        return AttentionProbs(_clone_if_inference(v) for v in x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone_if_inference(v) for v in x) if isinstance(x, list) else \
+            tuple(_clone_if_inference(v) for v in x)
+    return x
+
+
+class AbstractDistiller:
+    """Common machinery. Attributes TextBrewer users rely on keep their names: ``t_config``, ``d_config``,
+    ``model_T``, ``model_S``, ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
+
+    has_teacher = True
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig | None,
+                 model_T: Any, model_S: nn.Module, adaptor_T: Any, adaptor_S: Any):
+        if not isinstance(train_config, TrainingConfig):
+            raise ConfigError(f"must be a TrainingConfig, got {type(train_config).__name__}", "train_config")
+        if distill_config is not None and not isinstance(distill_config, DistillationConfig):
+            raise ConfigError(f"must be a DistillationConfig, got {type(distill_config).__name__}",
+                              "distill_config")
+        _check_model(model_S, "model_S")
+        self.t_config, self.d_config = train_config, distill_config
+        self.model_T, self.model_S = model_T, model_S
+        self.adaptor_T, self.adaptor_S = adaptor_T, adaptor_S
+        self.device = torch.device(train_config.device)
+        self.kd_loss = KD_LOSS_MAP[distill_config.kd_loss_type] if distill_config else None
+        self._kd_takes_t2 = self.kd_loss is not None and \
+            "temperature_squared" in inspect.signature(self.kd_loss).parameters
+        self.temperature_scheduler = distill_config.temperature_scheduler_fn() if distill_config else None
+        self.projs: list[nn.Module | None] = []
+        self.projs_group: list[dict] = []
+        self.global_step = 0
+        self.weights = self._initial_weights()
+        self._validated = False
+        self._stop_requested = False
+        self._cache: list | None = None
+        self.rank, self.world_size = 0, 1
+        ensure_default_handler()
+
+    # ---------------------------------------------------------------------------------------------------
+    # models and modes
+    # ---------------------------------------------------------------------------------------------------
+    def teachers(self) -> list[nn.Module]:
+        """Every teacher module (a single model, a list or a dict of them)."""
+        t = self.model_T
+        if t is None:
+            return []
+        if isinstance(t, nn.Module):
+            return [t]
+        return list(t.values()) if isinstance(t, Mapping) else list(t)
+
+    def __enter__(self):
+        self._modes = [(m, m.training) for m in self.teachers() + [self.model_S]]
+        for t in self.teachers():
+            t.eval()
+        self.model_S.train()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for m, mode in self._modes:
+            m.train(mode)
+
+    def _prepare_models(self) -> None:
+        """Inside train(): models on the device, teachers in eval mode and frozen, the student training."""
+        tc = self.t_config
+        self.model_S.to(self.device)
+        student_params = {id(p) for p in self.model_S.parameters()}
+        dtype = getattr(torch, tc.teacher_dtype) if tc.teacher_dtype else None
+        self._teacher_grad_flags = []
+        for t in self.teachers():
+            t.to(self.device, dtype=dtype) if dtype is not None else t.to(self.device)
+            t.eval()
+            for p in t.parameters():
+                if id(p) not in student_params:  # a parameter shared with the student keeps training
+                    self._teacher_grad_flags.append((p, p.requires_grad))
+                    p.requires_grad_(False)
+        for p in self.projs:
+            if p is not None:
+                p.to(self.device)
+                p.train()
+        self.model_S.train()
+
+    def _restore_teacher_flags(self) -> None:
+        for p, flag in getattr(self, "_teacher_grad_flags", []):
+            p.requires_grad_(flag)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student and projection parameters that require gradients (what is clipped and optimised)."""
+        params = [p for p in self.model_S.parameters() if p.requires_grad]
+        for m in self.projs:
+            if m is not None:
+                params += [p for p in m.parameters() if p.requires_grad]
+        return params
+
+    def projection_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({str(i): m for i, m in enumerate(self.projs) if m is not None})
+
+    def _add_projections_to(self, optimizer: torch.optim.Optimizer) -> None:
+        """Add each projection as a param group, once per optimizer (a second train() adds nothing)."""
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for proj, group in zip(self.projs, self.projs_group):
+            if proj is None:
+                continue
+            params = [p for p in proj.parameters() if id(p) not in in_optimizer]
+            if params:
+                optimizer.add_param_group({**group, "params": params})
+
+    # ---------------------------------------------------------------------------------------------------
+    # forward passes and adaptors
+    # ---------------------------------------------------------------------------------------------------
+    def _needed_features(self) -> set[str]:
+        return set()
+
+    def _model_kwargs(self, adaptor: Any) -> dict:
+        """Ask Hugging Face models for hidden states / attentions when the built-in adaptor is in use."""
+        if adaptor is not None and adaptor is not hf_adaptor:
+            return {}
+        need = self._needed_features()
+        kw = {}
+        if "hidden" in need:
+            kw["output_hidden_states"] = True
+        if "attention" in need:
+            kw["output_attentions"] = True
+        return kw
+
+    def _run_adaptor(self, adaptor: Any, batch: Any, outputs: Any, who: str) -> dict:
+        results = normalize_output((adaptor or hf_adaptor)(batch, outputs), who)
+        if not self._validated:
+            validate_output(results, who, FEATURES, ADAPTOR_KEYS)
+        return results
+
+    def teacher_results(self, model_T: nn.Module, adaptor_T: Any, batch_T: Any, args: dict, who: str) -> dict:
+        """Run one teacher under ``inference_mode`` and adapt its outputs."""
+        with torch.inference_mode():
+            outputs = call_model(model_T, batch_T, {**args, **self._model_kwargs(adaptor_T)})
+            results = self._run_adaptor(adaptor_T, batch_T, outputs, who)
+        return {k: _clone_if_inference(v) for k, v in results.items()}
+
+    def student_results(self, batch_S: Any, args: dict, adaptor_S: Any = None, who: str = "adaptor_S") -> dict:
+        adaptor_S = adaptor_S if adaptor_S is not None else self.adaptor_S
+        outputs = call_model(self.model_S, batch_S, {**args, **self._model_kwargs(adaptor_S)})
+        return self._run_adaptor(adaptor_S, batch_S, outputs, who)
+
+    def train_on_batch(self, batch: Any, args: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch: forward passes and :meth:`compute_loss`. Returns ``(loss, {term: value})``."""
+        raise NotImplementedError
+
+    def compute_loss(self, results_S: dict, results_T: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective from the adapted outputs. Returns ``(total_loss, {term name: unweighted value})``."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------------------
+    # loss pieces shared by the distillers
+    # ---------------------------------------------------------------------------------------------------
+    def _initial_weights(self) -> dict[str, float]:
+        d = self.d_config
+        if d is None:
+            return {}
+        return {"kd_loss_weight": d.kd_loss_weight, "hard_label_weight": d.hard_label_weight}
+
+    def _update_weights(self, total_steps: int) -> None:
+        """After optimizer step g: the scheduled weights at progress g / total_steps (config untouched)."""
+        d = self.d_config
+        if d is None:
+            return
+        x = self.global_step / max(total_steps, 1)
+        for key, sched in (("kd_loss_weight", d.kd_loss_weight_scheduler),
+                           ("hard_label_weight", d.hard_label_weight_scheduler)):
+            if sched == NONE:
+                continue
+            f = WEIGHT_SCHEDULER[sched]
+            scale = getattr(d, key) if WEIGHT_SCHEDULER.meta(sched).get("scales_base") else 1.0
+            self.weights[key] = scale * f(x)
+
+    def kd_term(self, logits_S: list[torch.Tensor], logits_T: list[torch.Tensor], results_S: dict,
+                mask_T: list | None, mask_S: list | None) -> tuple[torch.Tensor, Any]:
+        """Sum over logits slots of KD(z_S, z_T; tau). Returns ``(loss, temperature used)``."""
+        d = self.d_config
+        if len(logits_S) != len(logits_T):
+            raise AdaptorError(f"adaptor_S returned {len(logits_S)} logits tensors but adaptor_T returned "
+                               f"{len(logits_T)}; they are paired by position")
+        if mask_S:
+            logits_S = select_logits_with_mask(logits_S, mask_S)
+        if mask_T:
+            logits_T = select_logits_with_mask(logits_T, mask_T)
+        labels = results_S.get("labels")
+        total, tau = 0.0, d.temperature
+        for k, (zs, zt) in enumerate(zip(logits_S, logits_T)):
+            if d.probability_shift:
+                if not labels:
+                    raise AdaptorError("probability_shift needs 'labels' from adaptor_S")
+                zt = probability_shift_(zt.clone(), labels[k] if len(labels) > k else labels[0])
+            tau = self.temperature_scheduler(zs, zt, d.temperature) if self.temperature_scheduler else d.temperature
+            if d.kd_temperature_squared and self._kd_takes_t2:
+                loss = self.kd_loss(zs, zt, tau, temperature_squared=True)
+            elif d.kd_temperature_squared:
+                if isinstance(tau, torch.Tensor) and tau.dim() > 0:
+                    raise ConfigError(f"kd_loss_type {d.kd_loss_type!r} has no temperature_squared parameter, so "
+                                      "it cannot be combined with a per-row temperature scheduler",
+                                      "kd_temperature_squared")
+                loss = self.kd_loss(zs, zt, tau) * (tau ** 2)
+            else:
+                loss = self.kd_loss(zs, zt, tau)
+            total = total + loss
+        return total, tau
+
+    @staticmethod
+    def hard_label_term(results_S: dict) -> torch.Tensor | None:
+        losses = results_S.get("losses")
+        if not losses:
+            return None
+        return sum(l.mean() for l in losses)
+
+    # ---------------------------------------------------------------------------------------------------
+    # batches
+    # ---------------------------------------------------------------------------------------------------
+    def _cache_teacher(self, cursor: LoaderCursor, args: dict) -> list:
+        """One pass over the data through the teacher(s); keeps batches and needed teacher results on CPU."""
+        raise ConfigError(f"{type(self).__name__} has no teacher to cache", "is_caching_logits")
+
+    def _make_cursor(self, dataloader: Iterable, batch_postprocessor: Callable | None, args: dict) -> LoaderCursor:
+        source = dataloader if batch_postprocessor is None else _Mapped(dataloader, batch_postprocessor)
+        cursor = LoaderCursor(source)
+        if self.d_config is not None and self.d_config.is_caching_logits:
+            if self._cache is None:  # computed once per distiller, not once per train() call
+                self._cache = self._cache_teacher(cursor, args)
+            cursor = CachedCursor(self._cache, seed=self.t_config.seed or 0, shuffle=_shuffles(dataloader))
+        return cursor
+
+    # ---------------------------------------------------------------------------------------------------
+    # the loop
+    # ---------------------------------------------------------------------------------------------------
+    def train(self, optimizer: torch.optim.Optimizer, dataloader: Iterable, num_epochs: int | None = None,
+              scheduler_class: Callable | None = None, scheduler_args: dict | None = None, scheduler: Any = None,
+              max_grad_norm: float = -1.0, num_steps: int | None = None, callback: Callable | None = None,
+              batch_postprocessor: Callable | None = None, **kwargs) -> None:
+        """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
+
+        ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
+        each checkpoint. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR scheduler
+        after the projections joined the optimizer.
+        """
+        tc = self.t_config
+        if num_epochs is None and num_steps is None:
+            raise ConfigError("give num_epochs or num_steps", "train")
+        if num_steps is not None:
+            _int_arg(num_steps, "num_steps")
+        else:
+            _int_arg(num_epochs, "num_epochs")
+            if not hasattr(dataloader, "__len__"):
+                raise ConfigError("epoch mode needs a dataloader with __len__; pass num_steps instead", "train")
+        if tc.seed is not None:
+            seed_everything(tc.seed)
+        self._prepare_models()
+        self._add_projections_to(optimizer)
+        if scheduler_class is not None:
+            scheduler = scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
+        scaler = torch.amp.GradScaler("cuda") if tc.fp16 else None
+        accum = tc.gradient_accumulation_steps
+        cursor = self._make_cursor(dataloader, batch_postprocessor, kwargs)
+
+        if num_steps is not None:
+            total_steps, steps_per_epoch, ckpt_steps = num_steps, None, tc.ckpt_steps or num_steps
+        else:
+            if len(cursor) == 0:
+                raise ConfigError("the dataloader is empty", "train")
+            steps_per_epoch = math.ceil(len(cursor) / accum)
+            total_steps = steps_per_epoch * num_epochs
+            ckpt_points = {steps_per_epoch * c // tc.ckpt_frequency for c in range(tc.ckpt_frequency)}
+        plan = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+
+        def is_checkpoint_step(g: int) -> bool:
+            if num_steps is not None:
+                return g % ckpt_steps == 0 or g == num_steps
+            epoch = (g - 1) // steps_per_epoch
+            eligible = (epoch + 1) % tc.ckpt_epoch_frequency == 0 or epoch + 1 == num_epochs
+            return eligible and (g % steps_per_epoch) in ckpt_points
+
+        self.global_step = 0
+        self.weights = self._initial_weights()
+        start = self._resume(optimizer, scheduler, scaler, cursor, plan)
+        if start is None:
+            cursor.start_pass(0)
+        metrics = MetricsWriter(tc.output_dir, tc.log_dir, enabled=self.rank == 0)
+        progress = self._progress_bar(total_steps)
+        autocast = torch.autocast(self.device.type, dtype=tc.amp_dtype, enabled=tc.amp_dtype is not None)
+        params = self.trainable_parameters()
+        sums: dict[str, torch.Tensor] = {}
+        micro, samples, skipped, t_log = 0, 0, 0, time.perf_counter()
+        logger.info("training %s for %d optimizer steps (%s)", type(self).__name__, total_steps,
+                    f"{num_epochs} epochs x {steps_per_epoch} steps" if num_steps is None else "step mode")
+        with self._sigint_guard():
+            try:
+                optimizer.zero_grad(set_to_none=True)
+                while self.global_step < total_steps:
+                    group = self._next_group(cursor, accum, epoch_mode=num_steps is None)
+                    for batch in group:
+                        batch = move_to_device(batch, self.device, non_blocking=True)
+                        with autocast:
+                            loss, terms = self.train_on_batch(batch, kwargs)
+                        self._validated = True
+                        if tc.skip_nonfinite_steps or self.device.type == "cpu":
+                            self._check_finite(loss, terms)
+                        scaled = loss / len(group)
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        for k, v in {"loss": loss, **terms}.items():
+                            sums[k] = sums.get(k, 0) + v.detach().float()
+                        samples += batch_size_of(batch)
+                        micro += 1
+                    grad_norm = self._optimizer_step(optimizer, scaler, params, max_grad_norm,
+                                                     want_norm=(self.global_step + 1) % tc.logging_steps == 0)
+                    if grad_norm is _SKIPPED:
+                        skipped += 1
+                    elif scheduler is not None:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    self.global_step += 1
+                    self._update_weights(total_steps)
+                    if progress is not None:
+                        progress.update(1)
+                    if self.global_step % tc.logging_steps == 0 or self.global_step == total_steps:
+                        record = self._log_record(sums, micro, optimizer, grad_norm, samples, t_log, cursor,
+                                                  skipped)
+                        metrics.write(record)
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{record['loss']:.4f}")
+                        logger.info("step %d/%d %s", self.global_step, total_steps,
+                                    " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                             if isinstance(v, float) and k != "epoch"))
+                        sums, micro, samples, t_log = {}, 0, 0, time.perf_counter()
+                    stop = self._stop_requested
+                    if is_checkpoint_step(self.global_step) or stop:
+                        self.save(optimizer, scheduler, scaler, cursor, plan, tc.save_total_limit)
+                        if callback is not None and not stop:
+                            logger.info("running callback at step %d", self.global_step)
+                            callback(model=self.model_S, step=self.global_step)
+                            self.model_S.train()
+                    if stop:
+                        logger.warning("interrupted: saved a checkpoint at step %d and stopped", self.global_step)
+                        break
+            finally:
+                if progress is not None:
+                    progress.close()
+                metrics.close()
+                self._restore_teacher_flags()
+
+    # -- loop helpers -----------------------------------------------------------------------------------
+    def _next_group(self, cursor: LoaderCursor, accum: int, epoch_mode: bool) -> list:
+        """The micro-batches of one optimizer step. Epoch mode: a group never crosses an epoch boundary,
+        so the last group of an epoch may be shorter (it still steps, scaled by its own size)."""
+        group: list = []
+        while len(group) < accum:
+            if not epoch_mode:
+                group.append(cursor.next_cycling())
+                continue
+            try:
+                group.append(cursor.next())
+            except StopIteration:
+                if group:
+                    break
+                cursor.start_pass(cursor.pass_index + 1)
+        return group
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
+        if torch.isfinite(loss):
+            return
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()] or ["total"]
+        raise NonFiniteLossError(f"non-finite loss at step {self.global_step + 1}: term(s) {', '.join(bad)}; "
+                                 "the last checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
+
+    def _optimizer_step(self, optimizer, scaler, params, max_grad_norm: float, want_norm: bool):
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = None
+        if max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        elif want_norm or self.t_config.skip_nonfinite_steps:
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if self.t_config.skip_nonfinite_steps and norm is not None and not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()
+            return _SKIPPED
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return norm
+
+    def _log_record(self, sums, micro, optimizer, grad_norm, samples, t_log, cursor, skipped) -> dict:
+        """Means over the micro-batches since the last log. The only host sync of the loop is here."""
+        elapsed = max(time.perf_counter() - t_log, 1e-9)
+        record: dict[str, Any] = {"step": self.global_step, "epoch": cursor.pass_index}
+        for k, v in sums.items():
+            record[k] = float(v) / max(micro, 1)
+        record["lr"] = float(optimizer.param_groups[0]["lr"])
+        for k, w in self.weights.items():
+            record[k] = float(w)
+        if grad_norm is not None and grad_norm is not _SKIPPED:
+            record["grad_norm"] = float(grad_norm)
+        record["samples_per_s"] = samples / elapsed
+        if skipped:
+            record["skipped_steps"] = skipped
+        return record
+
+    def _progress_bar(self, total: int):
+        show = self.t_config.progress_bar
+        if show is None:
+            show = hasattr(os.sys.stderr, "isatty") and os.sys.stderr.isatty()
+        if not show or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.global_step, desc="distilling", dynamic_ncols=True)
+
+    @contextlib.contextmanager
+    def _sigint_guard(self):
+        """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: stop at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            logger.warning("Ctrl-C: saving a checkpoint after this step (press again to abort)")
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and return after the current optimizer step."""
+        self._stop_requested = True
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict:
+        return {"student": type(unwrap(self.model_S)).__name__,
+                "n_student_params": sum(p.numel() for p in self.model_S.parameters()),
+                "distiller": type(self).__name__}
+
+    def save(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict,
+             save_total_limit: int | None = None) -> str | None:
+        """Write ``checkpoint-{global_step}`` (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        cur = cursor.state_dict()
+        state = {"global_step": self.global_step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
+                 "weights": self.weights, "plan": plan, "fingerprint": self._fingerprint(),
+                 "brewkit_version": __version__}
+        rng = get_rng_state()
+        rng["cursor"] = cur
+        configs = {"training_config": self.t_config.to_dict()}
+        if self.d_config is not None:
+            configs["distillation_config"] = self.d_config.to_dict()
+        path = save_checkpoint(self.t_config.output_dir, self.global_step, student=self.model_S,
+                               projections=self.projection_modules(), optimizer=optimizer, scheduler=scheduler,
+                               scaler=scaler, rng_state=rng, trainer_state=state, configs=configs,
+                               save_total_limit=save_total_limit)
+        logger.info("saved %s", path)
+        return path
+
+    def _resume(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict) -> str | None:
+        r = self.t_config.resume_from_checkpoint
+        if not r:
+            return None
+        if r is True:
+            path = latest_checkpoint(self.t_config.output_dir)
+            if path is None:
+                logger.info("resume_from_checkpoint=True but %s has no checkpoint: starting fresh",
+                            self.t_config.output_dir)
+                return None
+        else:
+            path = r
+            if not os.path.isdir(path):
+                raise CheckpointError(f"resume_from_checkpoint: no checkpoint directory at {path}")
+        state = load_state(path)
+        ts = state["trainer_state"]
+        if ts.get("fingerprint") != self._fingerprint():
+            raise CheckpointError(f"{path} was written by a different run ({ts.get('fingerprint')}); "
+                                  f"this run is {self._fingerprint()}")
+        if ts["plan"] != plan:
+            raise CheckpointError(f"{path} was written for a different schedule ({ts['plan']}); this run has {plan}")
+        load_student(self.model_S, path)
+        if state["projections"] is not None:
+            self.projection_modules().load_state_dict(state["projections"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        self.global_step = ts["global_step"]
+        self.weights = dict(ts["weights"])
+        rng = state["rng_state"]
+        cursor.load_state_dict(rng.pop("cursor"))
+        set_rng_state(rng)
+        logger.info("resumed from %s at step %d", path, self.global_step)
+        return path
+
+
+_SKIPPED = object()
+
+
+def _int_arg(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a positive integer, got {value!r}", name)
+
+
+def _shuffles(loader: Any) -> bool:
+    """Whether a loader draws a new order each pass (then the teacher cache is reshuffled each pass too)."""
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    return isinstance(sampler, torch.utils.data.RandomSampler) or bool(getattr(sampler, "shuffle", False)) \
+        or bool(getattr(batch_sampler, "shuffle", False))
+
+
+class _Mapped:
+    """A dataloader whose batches go through ``fn`` (``batch_postprocessor``)."""
+
+    def __init__(self, loader: Iterable, fn: Callable):
+        self.loader, self.fn = loader, fn
+        self.sampler = getattr(loader, "sampler", None)
+        self.batch_sampler = getattr(loader, "batch_sampler", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return (self.fn(b) for b in self.loader)

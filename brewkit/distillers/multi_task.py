@@ -1,0 +1,146 @@
+"""``MultiTaskDistiller``: one teacher per task, one shared student, tasks sampled per micro-batch."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..checkpoint import unwrap
+from ..configs import DistillationConfig, TrainingConfig
+from ..errors import ConfigError
+from .base import _check_model
+from .general import GeneralDistiller
+from .utils import CachedCursor, LoaderCursor, move_to_device, split_batch
+
+
+class TaskBatch:
+    """A micro-batch tagged with the task it was drawn from."""
+
+    __slots__ = ("task", "batch")
+
+    def __init__(self, task: str, batch: Any):
+        self.task, self.batch = task, batch
+
+
+class TaskCursor(LoaderCursor):
+    """Draws a task for every micro-batch with probability ``p_t ∝ n_t^tau`` (``n_t`` = batches of task t;
+    uniform when a loader has no length), from a seeded generator, and cycles each task's loader.
+    Its state (generator and every task's position) is saved, so resume is exact."""
+
+    def __init__(self, cursors: dict[str, LoaderCursor], tau: float, seed: int):
+        super().__init__(None)
+        self.cursors, self.tasks = cursors, list(cursors)
+        try:
+            sizes = torch.tensor([float(len(c)) for c in cursors.values()])
+            self.probs = sizes ** tau / (sizes ** tau).sum()
+        except TypeError:
+            self.probs = torch.full((len(self.tasks),), 1.0 / len(self.tasks))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pass_index = 0
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.cursors.values())
+
+    def start_pass(self, pass_index: int, skip: int = 0, rng_state=None) -> None:
+        for c in self.cursors.values():
+            c.start_pass(0)
+
+    def next_cycling(self) -> TaskBatch:
+        task = self.tasks[int(torch.multinomial(self.probs, 1, generator=self.generator))]
+        return TaskBatch(task, self.cursors[task].next_cycling())
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(),
+                "tasks": {t: c.state_dict() for t, c in self.cursors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        for t, c in self.cursors.items():
+            c.load_state_dict(state["tasks"][t])
+
+
+class MultiTaskDistiller(GeneralDistiller):
+    """Train one student on several tasks, each with its own teacher and adaptors (dicts keyed by task).
+
+    Runs by step count. The task of each micro-batch is sampled with ``p_t ∝ n_t^tau``; its loss
+    (GeneralDistiller's objective, matches included) is multiplied by ``task_weights[task]`` when given. If the
+    student's ``forward`` has a parameter named ``task_kwarg`` (default ``'task'``), it receives the task name.
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig, model_T: dict, model_S,
+                 adaptor_T: dict | None = None, adaptor_S: dict | None = None):
+        super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S)
+        tasks = list(self.model_T)
+        for name, d in (("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+            if d is not None and (not isinstance(d, dict) or set(d) != set(tasks)):
+                raise ConfigError(f"must be a dict with one adaptor per task {tasks}, got "
+                                  f"{list(d) if isinstance(d, dict) else type(d).__name__}", name)
+        self.adaptors_T = adaptor_T or {t: None for t in tasks}
+        self.adaptors_S = adaptor_S or {t: None for t in tasks}
+        self.task_weights: dict[str, float] | None = None
+        self.task_kwarg: str | None = "task"
+
+    def _check_teachers(self) -> None:
+        if not isinstance(self.model_T, dict) or not self.model_T:
+            raise ConfigError("must be a dict {task name: teacher model}", "model_T")
+        for t, m in self.model_T.items():
+            _check_model(m, f"model_T[{t!r}]")
+
+    def train(self, optimizer, dataloaders: dict, num_steps: int, scheduler_class=None, scheduler_args=None,
+              scheduler=None, max_grad_norm=-1.0, tau: float = 1, callback=None, batch_postprocessors=None,
+              task_weights: dict | None = None, task_kwarg: str | None = "task", **kwargs):
+        """TextBrewer's signature plus ``task_weights`` ({task: weight}) and ``task_kwarg``."""
+        if not isinstance(dataloaders, dict) or set(dataloaders) != set(self.model_T):
+            raise ConfigError(f"must be a dict with one dataloader per task {list(self.model_T)}", "dataloaders")
+        if task_weights is not None and set(task_weights) - set(self.model_T):
+            raise ConfigError(f"unknown task(s) {sorted(set(task_weights) - set(self.model_T))}", "task_weights")
+        if batch_postprocessors is not None and set(batch_postprocessors) - set(self.model_T):
+            raise ConfigError("keys must be task names", "batch_postprocessors")
+        self.task_weights, self.task_kwarg = task_weights, task_kwarg
+        self._tau, self._postprocessors = tau, batch_postprocessors or {}
+        super().train(optimizer, dataloaders, num_epochs=None, scheduler_class=scheduler_class,
+                      scheduler_args=scheduler_args, scheduler=scheduler, max_grad_norm=max_grad_norm,
+                      num_steps=num_steps, callback=callback, **kwargs)
+
+    def _make_cursor(self, dataloaders: dict, batch_postprocessor, args: dict) -> LoaderCursor:
+        from .base import _Mapped, _shuffles
+
+        cursors = {}
+        if self.d_config.is_caching_logits and self._cache is None:
+            self._cache = {}
+        for task, loader in dataloaders.items():
+            fn = self._postprocessors.get(task)
+            cursor = LoaderCursor(loader if fn is None else _Mapped(loader, fn))
+            if self.d_config.is_caching_logits:
+                if task not in self._cache:
+                    self._task = task
+                    self._cache[task] = self._cache_teacher(cursor, args)
+                cursor = CachedCursor(self._cache[task], seed=(self.t_config.seed or 0) + len(cursors),
+                                      shuffle=_shuffles(loader))
+            cursors[task] = cursor
+        return TaskCursor(cursors, self._tau, self.t_config.seed or 0)
+
+    def teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
+        from .base import CachedTeacherResults
+
+        task = self._task
+        if isinstance(cache, CachedTeacherResults):
+            return cache
+        if cache is not None:
+            return self._run_adaptor(self.adaptors_T[task], batch_T, cache, f"adaptor_T[{task!r}]")
+        return self.teacher_results(self.model_T[task], self.adaptors_T[task], batch_T, args,
+                                    f"adaptor_T[{task!r}]")
+
+    def train_on_batch(self, batch: Any, args: dict):
+        task = self._task = batch.task
+        batch_T, batch_S, cache = split_batch(move_to_device(batch.batch, self.device, non_blocking=True))
+        results_T = self.teacher_side(batch_T, cache, args)
+        student_args = dict(args)
+        if self.task_kwarg and self.task_kwarg in inspect.signature(unwrap(self.model_S).forward).parameters:
+            student_args[self.task_kwarg] = task
+        results_S = self.student_results(batch_S, student_args, self.adaptors_S[task], f"adaptor_S[{task!r}]")
+        loss, terms = self.compute_loss(results_S, results_T)
+        if self.task_weights is not None:
+            loss = loss * self.task_weights.get(task, 1.0)
+        return loss, terms
