@@ -15,6 +15,8 @@ from .errors import ConfigError, UnknownNameError
 
 
 def _closest_first(name: str, known: list[str]) -> list[str]:
+    if not known:  # difflib refuses n=0
+        return []
     close = difflib.get_close_matches(str(name), known, n=len(known), cutoff=0.0)
     return close + [k for k in known if k not in close]
 

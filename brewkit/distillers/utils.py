@@ -1,6 +1,7 @@
 """Helpers the distillers share: batches, devices, logits selection, RNG state, resumable data cursors."""
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -176,9 +177,14 @@ class LoaderCursor:
         if rng_state is not None:
             torch.set_rng_state(rng_state)
         self.rng_at_start = torch.get_rng_state()
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        fast = skip and "start_batch" in inspect.signature(getattr(batch_sampler, "set_epoch", len)).parameters \
+            if batch_sampler is not None and hasattr(batch_sampler, "set_epoch") else False
+        if fast:  # brewkit's samplers jump straight to a batch; other loaders replay the skipped ones
+            batch_sampler.set_epoch(pass_index, start_batch=skip)
         self._it = iter(self.loader)
-        self.index = 0
-        for _ in range(skip):
+        self.index = skip if fast else 0
+        while self.index < skip:
             next(self._it)
             self.index += 1
 
