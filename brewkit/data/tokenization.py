@@ -1,0 +1,93 @@
+"""Tokenise a split once and keep the result on disk, keyed by tokenizer, settings and data.
+
+The cache file is ``<cache_dir>/tokenized/<key>.arrow`` where the key hashes the tokenizer's full
+definition (vocabulary, normaliser, special tokens, ...; see :func:`tokenizer_fingerprint`), ``max_length``
+and the rows themselves, so a changed file, tokenizer or setting never reuses a stale result. Padding
+is not part of the key: it happens per batch, in the collator.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+from .config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = "brewkit-tokenized-v1"  # bump when the stored columns change
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_cache_dir() -> str:
+    """``$BREWKIT_CACHE``, else ``$XDG_CACHE_HOME/brewkit``, else ``~/.cache/brewkit``."""
+    if os.environ.get("BREWKIT_CACHE"):
+        return os.environ["BREWKIT_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "brewkit")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hex digest that changes whenever the tokenizer would produce different ids.
+
+    Fast tokenizers hash their serialised ``tokenizers`` definition (minus the truncation / padding state
+    that every call overwrites); slow ones hash the vocabulary and init arguments.
+    """
+    h = hashlib.sha256()
+    h.update(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
+    extras = {"truncation_side": getattr(tokenizer, "truncation_side", None),
+              "model_input_names": list(getattr(tokenizer, "model_input_names", []))}
+    h.update(json.dumps(extras, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _data_fingerprint(ds, columns: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([len(ds), columns]).encode())
+    for batch in ds.select_columns(columns).iter(batch_size=10_000):
+        h.update(json.dumps([batch[c] for c in columns]).encode())
+    return h.hexdigest()
+
+
+def _encode_batch(batch: dict, indices: list[int] | None = None, *, tokenizer, max_length: int) -> dict:
+    enc = tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
+    out = {k: enc[k] for k in TOKEN_COLUMNS if k in enc}
+    out["length"] = [len(ids) for ids in enc["input_ids"]]
+    if "label" in batch:
+        out["labels"] = batch["label"]
+    if indices is not None:
+        out["idx"] = indices
+    return out
+
+
+def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
+    """``ds`` (columns ``text`` [, ``text_pair``] [, ``label``] [, ``idx``]) tokenised, from cache when possible.
+
+    Returns a ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the
+    tokenizer gives them), ``length``, ``labels`` (when ``ds`` has ``label``) and ``idx`` (taken from ``ds``,
+    or the row number). Rows are truncated to ``cfg.max_length`` and not padded.
+    """
+    import datasets
+
+    text_columns = [c for c in ("text", "text_pair", "label", "idx") if c in ds.column_names]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, tokenizer_fingerprint(tokenizer), cfg.max_length,
+                                     _data_fingerprint(ds, text_columns)]).encode()).hexdigest()[:32]
+    path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenized", f"{key}.arrow")
+    if os.path.isfile(path):
+        logger.info("tokenised data from cache %s", path)
+        return datasets.Dataset.from_file(path)
+    has_idx = "idx" in ds.column_names
+    drop = [c for c in ds.column_names if c != "idx"]
+    # datasets writes a temporary file and renames it, so a reader (another rank) never sees half a file.
+    return ds.map(_encode_batch, batched=True, with_indices=not has_idx, remove_columns=drop,
+                  fn_kwargs={"tokenizer": tokenizer, "max_length": cfg.max_length},
+                  cache_file_name=path, new_fingerprint=key, load_from_cache_file=False, desc="Tokenizing")

