@@ -27,26 +27,27 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd("validate", "check a run file, build the models, run one batch, print the plan")
     e = run_cmd("eval", "evaluate a checkpoint (or the final student) on the run's eval split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory or a saved student")
-    sub.add_parser("presets", help="list every registered loss, projection and scheduler")
+    sub.add_parser("presets", help="list every registered loss, projection, scheduler, layer map and model builder")
     p.add_argument("--version", action="version", version=f"brewkit {__import__('brewkit').__version__}")
     return p
 
 
 def print_presets() -> None:
+    from .layer_maps import LAYER_MAPS
+    from .models import MODEL_BUILDERS
     from .presets import FEATURES, registries
 
-    for name, reg in registries().items():
+    for name, reg in {**registries(), LAYER_MAPS.name: LAYER_MAPS, MODEL_BUILDERS.name: MODEL_BUILDERS}.items():
         print(f"{name}:")
         width = max((len(k) for k in reg), default=0)
         for key, desc in reg.describe():
             print(f"  {key:<{width}}  {desc}")
         print()
     print(f"FEATURES: {', '.join(FEATURES)}")
-    try:
-        from .layer_maps import LAYER_MAPS
-    except ImportError:
-        return
-    print(f"LAYER_MAPS: {', '.join(LAYER_MAPS)}")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             print(run.format_summary(run.eval_run(cfg, args.checkpoint)))
         return 0
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except BrewkitError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

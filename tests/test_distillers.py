@@ -389,3 +389,13 @@ def test_hf_student_checkpoint_loads_with_from_pretrained(tmp_path):
     loaded = BertForSequenceClassification.from_pretrained(path)
     for (n, a), b in zip(student.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_compile_option_trains_the_same_student(tmp_path):
+    torch.manual_seed(12)
+    teacher, student = Toy(), Toy()
+    d = BasicDistiller(tcfg(tmp_path, compile=True), DistillationConfig(hard_label_weight=1.0), teacher, student,
+                       toy_adaptor, toy_adaptor)
+    d.train(torch.optim.SGD(student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
+    assert d._student_forward is not student  # the compiled wrapper was used for the forward pass
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path))

@@ -88,6 +88,7 @@ class AbstractDistiller:
         self._stop_requested = False
         self._cache: list | None = None
         self.rank, self.world_size = 0, 1
+        self._student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
         ensure_default_handler()
 
     # ---------------------------------------------------------------------------------------------------
@@ -132,6 +133,8 @@ class AbstractDistiller:
                 p.to(self.device)
                 p.train()
         self.model_S.train()
+        if tc.compile and self._student_forward is self.model_S:
+            self._student_forward = torch.compile(self.model_S)
 
     def _restore_teacher_flags(self) -> None:
         for p, flag in getattr(self, "_teacher_grad_flags", []):
@@ -191,7 +194,7 @@ class AbstractDistiller:
 
     def student_results(self, batch_S: Any, args: dict, adaptor_S: Any = None, who: str = "adaptor_S") -> dict:
         adaptor_S = adaptor_S if adaptor_S is not None else self.adaptor_S
-        outputs = call_model(self.model_S, batch_S, {**args, **self._model_kwargs(adaptor_S)})
+        outputs = call_model(self._student_forward, batch_S, {**args, **self._model_kwargs(adaptor_S)})
         return self._run_adaptor(adaptor_S, batch_S, outputs, who)
 
     def train_on_batch(self, batch: Any, args: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -347,12 +350,18 @@ class AbstractDistiller:
                 optimizer.zero_grad(set_to_none=True)
                 while self.global_step < total_steps:
                     group = self._next_group(cursor, accum, epoch_mode=num_steps is None)
+                    upcoming = self.global_step + 1
+                    # a finiteness check syncs with the device: every step on CPU (free), else only on
+                    # logging and checkpoint steps, so that no checkpoint is written after a bad step
+                    check = not tc.skip_nonfinite_steps and (
+                        self.device.type == "cpu" or upcoming % tc.logging_steps == 0
+                        or is_checkpoint_step(upcoming))
                     for batch in group:
                         batch = move_to_device(batch, self.device, non_blocking=True)
                         with autocast:
                             loss, terms = self.train_on_batch(batch, kwargs)
                         self._validated = True
-                        if tc.skip_nonfinite_steps or self.device.type == "cpu":
+                        if check:
                             self._check_finite(loss, terms)
                         scaled = loss / len(group)
                         (scaler.scale(scaled) if scaler else scaled).backward()
@@ -430,10 +439,11 @@ class AbstractDistiller:
         elif want_norm or self.t_config.skip_nonfinite_steps:
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if self.t_config.skip_nonfinite_steps and norm is not None and not torch.isfinite(norm):
+        if norm is not None and scaler is None and not torch.isfinite(norm):
+            if not self.t_config.skip_nonfinite_steps:
+                raise NonFiniteLossError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
+                                         "checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.update()
             return _SKIPPED
         if scaler is not None:
             scaler.step(optimizer)
