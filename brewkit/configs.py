@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,9 @@ def _num(value: Any, path: str, *, positive: bool = False, allow_none: bool = Fa
     if not _is_num(value) or (positive and not value > 0):
         need = "a positive number" if positive else "a number"
         raise ConfigError(f"must be {need}{' or null' if allow_none else ''}, got {value!r}", path)
-    return float(value) if not _is_int(value) else value
+    if not math.isfinite(value):
+        raise ConfigError(f"must be a finite number, got {value!r}", path)
+    return int(value) if _is_int(value) else float(value)  # plain Python numbers (numpy ones break JSON)
 
 
 def _bool(value: Any, path: str) -> bool:
@@ -318,7 +321,9 @@ class DistillationConfig(_Config):
             try:
                 TEMPERATURE_SCHEDULER[list(ts)]  # builds once to check the parameters
             except ConfigError as e:
-                raise ConfigError(e.message, "temperature_scheduler") from None
+                # keep the builder's own parameter path (e.g. 'flsw.beta') in the message
+                inner = f"{e.path}: " if e.path and e.path != TEMPERATURE_SCHEDULER.name else ""
+                raise ConfigError(inner + e.message, "temperature_scheduler") from None
             self.temperature_scheduler = list(ts)
         else:
             raise ConfigError(f"must be 'none', a scheduler name, or a list spec such as ['flsw', 1, 2]; got {ts!r}",
@@ -334,7 +339,7 @@ class DistillationConfig(_Config):
         _choice(self.teacher_aggregation, "teacher_aggregation", ["logits_mean", "probs_mean"])
         if self.teacher_weights is not None:
             tw = self.teacher_weights
-            if not (isinstance(tw, (list, tuple)) and tw and all(_is_num(w) and w >= 0 for w in tw)
+            if not (isinstance(tw, (list, tuple)) and tw and all(_is_num(w) and math.isfinite(w) and w >= 0 for w in tw)
                     and sum(tw) > 0):
                 raise ConfigError(f"must be a list of non-negative numbers with a positive sum, got {tw!r}",
                                   "teacher_weights")

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from .configs import DistillationConfig, TrainingConfig, _Config, check_keys
-from .errors import ConfigError
+from .errors import AdaptorError, ConfigError
 
 SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
             "output_dir"]
@@ -185,8 +185,9 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
     for i, name in enumerate(plugins):
         try:
             importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"cannot import {name!r}: {e}", f"plugins[{i}]") from None
+        except Exception as e:  # a plugin's SyntaxError or clashing registration names the plugin too
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"cannot import {name!r}: {type(e).__name__}: {msg}", f"plugins[{i}]") from None
 
     from .data import DataConfig
     from .models import ModelSpec
@@ -213,7 +214,10 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
     training = dict(raw.get("training") or {})
     optim_keys = [f.name for f in dataclasses.fields(OptimConfig)]
     optim = _at("training", OptimConfig.from_dict, {k: training.pop(k) for k in list(training) if k in optim_keys})
-    training.setdefault("output_dir", output_dir)
+    # One output directory per run: checkpoints and metrics go where run.yaml and final/ go.
+    if training.setdefault("output_dir", output_dir) != output_dir:
+        raise ConfigError(f"is {training['output_dir']!r} but the run's output_dir is {output_dir!r}; set only the "
+                          "top-level output_dir", "training.output_dir")
     tc_keys = [f.name for f in dataclasses.fields(TrainingConfig)]
     _at("training", check_keys, training, tc_keys + optim_keys)
     train_cfg = _at("training", TrainingConfig.from_dict, training)
@@ -420,9 +424,16 @@ def validate_run(run: RunConfig) -> str:
     d = b.distiller
     batch = drop_example_index(next(iter(b.train_loader)))
     d._prepare_models()
+    if run.training.seed is not None:
+        torch.manual_seed(run.training.seed)  # dropout is active: a seed makes the printed losses repeatable
     try:
         with torch.no_grad():
             loss, terms = d.train_on_batch(move_to_device(batch, d.device), {})
+    except AdaptorError as e:  # the models and the run file disagree: a mistake in the run file
+        text = str(e)
+        raise ConfigError(text if not text.startswith("intermediate_matches") else text.split(": ", 1)[1],
+                          None if not text.startswith("intermediate_matches") else
+                          "distillation." + text.split(": ", 1)[0]) from None
     finally:
         d._restore_teacher_flags()
     lines = [f"run: {run.distiller} distiller, output_dir {run.output_dir}"]
@@ -472,10 +483,12 @@ def train_run(run: RunConfig) -> dict:
     t0 = time.perf_counter()
     b = build(run)
     os.makedirs(run.output_dir, exist_ok=True)
+    b.tokenizer.save_pretrained(os.path.join(run.output_dir, "tokenizer"))  # for `brewkit eval` on checkpoints
     resolved = copy.deepcopy(run.source)
     if b.distill_config is not None:
         resolved["distillation"] = b.distill_config.to_dict()
     resolved["training"] = {**run.training.to_dict(), **run.optim.to_dict()}
+    del resolved["training"]["output_dir"]  # the top-level output_dir says it (and --set output_dir=... works)
     with open(os.path.join(run.output_dir, "run.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(resolved, f, sort_keys=False)
     history: list[dict] = []
@@ -510,9 +523,7 @@ def train_run(run: RunConfig) -> dict:
 
 def eval_run(run: RunConfig, checkpoint: str) -> dict:
     """Evaluate a saved student (``final/`` or a ``checkpoint-N`` directory) on the run's eval split."""
-    from transformers import AutoModelForSequenceClassification
-
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .data import build_dataloaders
 
@@ -520,9 +531,16 @@ def eval_run(run: RunConfig, checkpoint: str) -> dict:
         raise ConfigError(f"{checkpoint} holds no saved model (config.json)", "--checkpoint")
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, local_files_only=True,
                                                                attn_implementation="eager")
-    tok_dir = checkpoint if os.path.isfile(os.path.join(checkpoint, "tokenizer_config.json")) else \
-        os.path.join(run.output_dir, "final")
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    candidates = [checkpoint, os.path.join(run.output_dir, "tokenizer"), os.path.join(run.output_dir, "final")]
+    tok_dir = next((c for c in candidates if os.path.isfile(os.path.join(c, "tokenizer_config.json"))), None)
+    if tok_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    else:  # the run file's own tokenizer (the teacher's, as in training)
+        from .models import load_tokenizer
+
+        section = "teacher" if run.teacher is not None else "student"
+        spec = run.teacher if run.teacher is not None else run.student
+        tokenizer = _at(section, load_tokenizer, spec.tokenizer or spec.path)
     _, eval_loader = _data_errors(lambda: build_dataloaders(run.data, tokenizer, None, seed=run.training.seed or 0,
                                                             device=run.training.device))
     if eval_loader is None:
