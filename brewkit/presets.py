@@ -37,6 +37,9 @@ KD_LOSS_MAP.register("kl", description="true KL(p_T || p_S) at temperature tau, 
     losses.kd_kl_loss)
 KD_LOSS_MAP.register("bce", description="multi-label KD: BCE against sigmoid(z_T / tau) (new)")(
     losses.kd_bce_loss)
+KD_LOSS_MAP.register("coupled_rank_distil",
+                     description="list-wise KD: top-k Plackett-Luce NLL of teacher-sampled rankings (RankDistil)")(
+    losses.coupled_rank_distil_kd_loss)
 
 # -- match losses ---------------------------------------------------------------------------------------
 _M = MATCH_LOSS_MAP.register

@@ -1,0 +1,13 @@
+"""Every loss as a plain function (``torch.nn.functional`` style). Shapes and formulas are in the docstrings.
+
+TextBrewer's losses keep TextBrewer's names and numbers; the new ones are documented as such.
+"""
+from .kd import kd_bce_loss, kd_ce_loss, kd_kl_loss, kd_mse_loss  # noqa: F401
+from .match import (  # noqa: F401
+    att_ce_loss, att_ce_mean_loss, att_mse_loss, att_mse_sum_loss,
+    att_probs_ce_loss, att_probs_kl_loss, att_probs_mse_loss,
+    cos_loss, fsp_loss, hid_mse_loss, mmd_loss, pkd_loss,
+)
+from .ranking import coupled_rank_distil_expected, coupled_rank_distil_kd_loss, coupled_rank_distil_loss  # noqa: F401
+from .sampled_softmax import rank_sampled_softmax_loss  # noqa: F401
+from . import easytransfer  # noqa: F401
