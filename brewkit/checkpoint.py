@@ -83,7 +83,8 @@ def write_json(path: str, data: Any) -> None:
 
 def save_checkpoint(output_dir: str, step: int, *, student: nn.Module, projections: nn.Module | None,
                     optimizer: Any, scheduler: Any, scaler: Any, rng_state: dict, trainer_state: dict,
-                    configs: dict[str, dict], save_total_limit: int | None = None) -> str:
+                    configs: dict[str, dict], save_total_limit: int | None = None,
+                    extra: dict[str, Any] | None = None) -> str:
     """Write ``output_dir/checkpoint-{step}`` atomically; prune old ones beyond ``save_total_limit``."""
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"{PREFIX}{step}")
@@ -100,6 +101,8 @@ def save_checkpoint(output_dir: str, step: int, *, student: nn.Module, projectio
     if scaler is not None:
         torch.save(scaler.state_dict(), os.path.join(tmp, "scaler.pt"))
     torch.save(rng_state, os.path.join(tmp, "rng_state.pt"))
+    for name, obj in (extra or {}).items():  # e.g. every DDP rank's RNG state
+        torch.save(obj, os.path.join(tmp, f"{name}.pt"))
     for name, cfg in configs.items():
         write_json(os.path.join(tmp, f"{name}.json"), cfg)
     write_json(os.path.join(tmp, STATE_FILE), trainer_state)  # written last: marks completeness too
@@ -149,6 +152,10 @@ def load_state(path: str) -> dict[str, Any]:
     for name in ("optimizer", "scheduler", "scaler", "rng_state"):
         file = os.path.join(path, f"{name}.pt")
         state[name] = torch.load(file, weights_only=True, map_location="cpu") if os.path.exists(file) else None
+    state["extra"] = {}
+    for name in sorted(os.listdir(path)):
+        if name.startswith("rng_state_rank") and name.endswith(".pt"):
+            state["extra"][name[:-3]] = torch.load(os.path.join(path, name), weights_only=True, map_location="cpu")
     proj = os.path.join(path, "projections.safetensors")
     state["projections"] = load_file(proj) if os.path.exists(proj) else None
     return state

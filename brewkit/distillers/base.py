@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from .. import __version__, distributed
 from ..adaptors import AttentionProbs, hf_adaptor, normalize_output, validate_output
 from ..checkpoint import latest_checkpoint, load_state, load_student, save_checkpoint, unwrap
 from ..configs import NONE, DistillationConfig, TrainingConfig
@@ -307,13 +307,20 @@ class AbstractDistiller:
                 raise ConfigError("epoch mode needs a dataloader with __len__; pass num_steps instead", "train")
         if tc.seed is not None:
             seed_everything(tc.seed)
+        if distributed.wanted(tc.local_rank):
+            self.rank, self.world_size, self.device = distributed.setup(tc.local_rank, self.device)
         self._prepare_models()
         self._add_projections_to(optimizer)
+        ddp = None
+        if self.world_size > 1:
+            ddp = distributed.wrap(self.model_S, [p for p in self.projs if p is not None], self.device,
+                                   tc.ddp_find_unused_parameters)
+            self._student_forward = ddp
         if scheduler_class is not None:
             scheduler = scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
         scaler = torch.amp.GradScaler("cuda") if tc.fp16 else None
         accum = tc.gradient_accumulation_steps
-        cursor = self._make_cursor(dataloader, batch_postprocessor, kwargs)
+        cursor = self._make_cursor(self._shard(dataloader), batch_postprocessor, kwargs)
 
         if num_steps is not None:
             total_steps, steps_per_epoch, ckpt_steps = num_steps, None, tc.ckpt_steps or num_steps
@@ -356,15 +363,18 @@ class AbstractDistiller:
                     check = not tc.skip_nonfinite_steps and (
                         self.device.type == "cpu" or upcoming % tc.logging_steps == 0
                         or is_checkpoint_step(upcoming))
-                    for batch in group:
+                    for j, batch in enumerate(group):
                         batch = move_to_device(batch, self.device, non_blocking=True)
-                        with autocast:
-                            loss, terms = self.train_on_batch(batch, kwargs)
-                        self._validated = True
-                        if check:
-                            self._check_finite(loss, terms)
-                        scaled = loss / len(group)
-                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        # DDP: gradients are all-reduced once per optimizer step, on its last micro-batch
+                        sync = contextlib.nullcontext() if ddp is None or j == len(group) - 1 else ddp.no_sync()
+                        with sync:
+                            with autocast:
+                                loss, terms = self.train_on_batch(batch, kwargs)
+                            self._validated = True
+                            if check:
+                                self._check_finite(loss, terms)
+                            scaled = loss / len(group)
+                            (scaler.scale(scaled) if scaler else scaled).backward()
                         for k, v in {"loss": loss, **terms}.items():
                             sums[k] = sums.get(k, 0) + v.detach().float()
                         samples += batch_size_of(batch)
@@ -407,6 +417,9 @@ class AbstractDistiller:
                 self._restore_teacher_flags()
 
     # -- loop helpers -----------------------------------------------------------------------------------
+    def _shard(self, dataloader: Any) -> Any:
+        return distributed.shard(dataloader, self.rank, self.world_size, self.t_config.seed or 0)
+
     def _next_group(self, cursor: LoaderCursor, accum: int, epoch_mode: bool) -> list:
         """The micro-batches of one optimizer step. Epoch mode: a group never crosses an epoch boundary,
         so the last group of an epoch may be shorter (it still steps, scaled by its own size)."""
@@ -455,6 +468,9 @@ class AbstractDistiller:
     def _log_record(self, sums, micro, optimizer, grad_norm, samples, t_log, cursor, skipped) -> dict:
         """Means over the micro-batches since the last log. The only host sync of the loop is here."""
         elapsed = max(time.perf_counter() - t_log, 1e-9)
+        if self.world_size > 1:  # every rank takes part; only rank 0 writes
+            sums = distributed.mean_over_ranks(sums, self.world_size)
+            samples *= self.world_size
         record: dict[str, Any] = {"step": self.global_step, "epoch": cursor.pass_index}
         for k, v in sums.items():
             record[k] = float(v) / max(micro, 1)
@@ -511,23 +527,33 @@ class AbstractDistiller:
 
     def save(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict,
              save_total_limit: int | None = None) -> str | None:
-        """Write ``checkpoint-{global_step}`` (rank 0 only)."""
-        if self.rank != 0:
-            return None
+        """Write ``checkpoint-{global_step}`` from rank 0 (with every rank's RNG state), between barriers."""
         cur = cursor.state_dict()
+        rng = get_rng_state()
+        rng["cursor"] = cur
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * self.world_size if self.rank == 0 else None
+            dist.gather_object(rng, gathered, dst=0)
+            if self.rank != 0:
+                distributed.barrier(self.world_size)
+                return None
+            extra = {f"rng_state_rank{r}": g for r, g in enumerate(gathered)}
+        else:
+            extra = {}
         state = {"global_step": self.global_step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
                  "weights": self.weights, "plan": plan, "fingerprint": self._fingerprint(),
                  "brewkit_version": __version__}
-        rng = get_rng_state()
-        rng["cursor"] = cur
         configs = {"training_config": self.t_config.to_dict()}
         if self.d_config is not None:
             configs["distillation_config"] = self.d_config.to_dict()
         path = save_checkpoint(self.t_config.output_dir, self.global_step, student=self.model_S,
                                projections=self.projection_modules(), optimizer=optimizer, scheduler=scheduler,
                                scaler=scaler, rng_state=rng, trainer_state=state, configs=configs,
-                               save_total_limit=save_total_limit)
+                               save_total_limit=save_total_limit, extra=extra)
         logger.info("saved %s", path)
+        distributed.barrier(self.world_size)
         return path
 
     def _resume(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict) -> str | None:
@@ -561,7 +587,7 @@ class AbstractDistiller:
             scaler.load_state_dict(state["scaler"])
         self.global_step = ts["global_step"]
         self.weights = dict(ts["weights"])
-        rng = state["rng_state"]
+        rng = state["extra"].get(f"rng_state_rank{self.rank}", state["rng_state"])
         cursor.load_state_dict(rng.pop("cursor"))
         set_rng_state(rng)
         logger.info("resumed from %s at step %d", path, self.global_step)
