@@ -121,7 +121,10 @@ def save_checkpoint(output_dir: str, step: int, *, student: nn.Module, projectio
         os.close(fd)
     if save_total_limit is not None:
         for _, path in list_checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(path, ignore_errors=True)
+            # hide it first (one atomic rename), so a crash mid-delete never leaves a listed, broken checkpoint
+            doomed = os.path.join(output_dir, f".deleting-{os.path.basename(path)}-{os.getpid()}")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -139,6 +139,11 @@ class TrainingConfig(_Config):
     TextBrewer fields keep their names and defaults, except ``device`` (default: CUDA when available, else
     CPU) and ``fp16`` (native ``torch.amp`` with a GradScaler; ``fp16_opt_level`` is accepted and ignored).
     Unlike TextBrewer, building the config creates no directory.
+
+    ``loss_normalization='effective_batch'`` (default) averages each loss term over the whole effective batch
+    (all micro-batches of an optimizer step, on all processes), so that gradient accumulation and the number of
+    processes do not change the update; with one process and no accumulation it is TextBrewer's mean.
+    ``'micro_batch'`` averages per micro-batch and divides by the accumulation steps, as TextBrewer did.
     """
 
     gradient_accumulation_steps: int = 1
@@ -163,6 +168,8 @@ class TrainingConfig(_Config):
     teacher_dtype: str | None = None
     compile: bool = False
     ddp_find_unused_parameters: bool = False
+    loss_normalization: str = "effective_batch"
+    force_resume: bool = False
 
     def __post_init__(self):
         self.gradient_accumulation_steps = _int(self.gradient_accumulation_steps, "gradient_accumulation_steps",
@@ -205,6 +212,8 @@ class TrainingConfig(_Config):
             _choice(self.teacher_dtype, "teacher_dtype", ["float32", "bfloat16", "float16"])
         self.compile = _bool(self.compile, "compile")
         self.ddp_find_unused_parameters = _bool(self.ddp_find_unused_parameters, "ddp_find_unused_parameters")
+        _choice(self.loss_normalization, "loss_normalization", ["effective_batch", "micro_batch"])
+        self.force_resume = _bool(self.force_resume, "force_resume")
 
     @property
     def amp_dtype(self):

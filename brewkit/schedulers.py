@@ -12,6 +12,7 @@ shape ``logits.shape[:-1]`` (rows = examples, or valid tokens after ``logits_mas
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -50,7 +51,7 @@ def _clamp(tau: torch.Tensor, tau_min: float | None) -> torch.Tensor:
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_tau_min(tau_min: float | None, name: str) -> None:

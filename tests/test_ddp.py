@@ -2,6 +2,7 @@
 import os
 import socket
 import sys
+import time
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, stop_at, resume: bool) -> None:
-    """One process of a run: 10 SGD steps of KD + hard labels on the toy model, effective batch 8."""
+def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, stop_at, resume: bool,
+         normalization: str = "effective_batch") -> None:
+    """One process of a run: 10 SGD steps of KD + hard labels + masked matches on the toy model, effective
+    batch 8 (the toy dataset's rows have different lengths, so per-micro-batch means would differ)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -27,10 +30,16 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
 
     torch.manual_seed(0)
     teacher, student = Toy(d_h=8, n_layers=3), Toy()
+    # rows-, token- and masked token-normalised terms: each must be averaged over the whole effective batch
     dc = DistillationConfig(temperature=2, hard_label_weight=1.0, intermediate_matches=[
-        {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "pkd", "weight": 1.0, "proj": ["linear", 6, 8]}])
+        {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "pkd", "weight": 1.0, "proj": ["linear", 6, 8]},
+        {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1.0,
+         "proj": ["linear", 6, 8]},
+        {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "cos", "weight": 1.0, "proj": ["linear", 6, 8]},
+        {"layer_T": [1, 2], "layer_S": [1, 2], "feature": "hidden", "loss": "mmd", "weight": 1.0}])
     tc = TrainingConfig(output_dir=out, device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=10,
-                        logging_steps=5, progress_bar=False, resume_from_checkpoint=resume or None)
+                        logging_steps=5, progress_bar=False, resume_from_checkpoint=resume or None,
+                        loss_normalization=normalization)
     d = GeneralDistiller(tc, dc, teacher, student, toy_adaptor, toy_adaptor)
     loader = torch.utils.data.DataLoader(ToyDataset(80), batch_size=batch, shuffle=False)
 
@@ -50,14 +59,21 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
         dist.destroy_process_group()
 
 
-def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False):
+def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, normalization="effective_batch"):
     out = str(tmp_path / name)
     if world == 1:
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             os.environ.pop(k, None)
-        _run(0, 1, 0, out, batch, accum, stop_at, resume)
+        _run(0, 1, 0, out, batch, accum, stop_at, resume, normalization)
     else:
-        mp.spawn(_run, args=(world, _free_port(), out, batch, accum, stop_at, resume), nprocs=world, join=True)
+        ctx = mp.start_processes(_run, args=(world, _free_port(), out, batch, accum, stop_at, resume, normalization),
+                                 nprocs=world, join=False, start_method="spawn")
+        deadline = time.monotonic() + 180
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:  # never let a hung collective hang the test suite
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"DDP run {name} did not finish in 180 s")
     return torch.load(os.path.join(out, "final_weights.pt"), weights_only=True)
 
 
@@ -67,6 +83,13 @@ def test_same_effective_batch_same_update(tmp_path, world, batch, accum):
     other = _launch(tmp_path, "other", world, batch, accum)
     for a, b in zip(reference, other):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_per_micro_batch_means_would_break_the_invariance(tmp_path):
+    """The property above is not trivial: TextBrewer-style per-micro-batch means give a different update."""
+    reference = _launch(tmp_path, "ref", 1, 8, 1)
+    other = _launch(tmp_path, "other", 2, 2, 2, normalization="micro_batch")
+    assert max(float((a - b).abs().max()) for a, b in zip(reference, other)) > 1e-4
 
 
 def test_resume_under_ddp_matches_an_uninterrupted_run(tmp_path):

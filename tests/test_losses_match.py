@@ -378,7 +378,8 @@ def test_pkd_loss_uses_cls_and_ignores_mask():
     # scale invariance and the 2 - 2 cos identity on a hand example
     a, c = torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 1.0]])
     assert pkd_loss(a, 5 * c).item() == approx(2 - 2 * (1 / math.sqrt(2)))
-    assert torch.isnan(pkd_loss(torch.zeros(1, 2), c))  # no eps, as in TextBrewer
+    # a zero vector: TextBrewer (no eps) gave NaN; brewkit leaves it at 0, so the loss is |u_T|^2 = 1
+    assert pkd_loss(torch.zeros(1, 2), c).item() == approx(1.0)
 
 
 # -- two-layer losses ------------------------------------------------------------------------------------------
@@ -449,14 +450,22 @@ def test_low_precision_features_compute_in_float32(dtype):
     assert got.item() == approx(ref_probs_rows(p_S.float(), p_T.float(), MASK, "ce"))
 
 
-def test_all_zero_mask_textbrewer_names_are_nan_as_in_textbrewer():
+def test_all_zero_mask_gives_a_defined_zero_where_textbrewer_gave_nan():
     zero = torch.zeros(B, L)
     a_S, a_T = rand(B, H, L, L, seed=49), rand(B, H, L, L, seed=50)
     h_S, h_T = rand(B, L, D, seed=51), rand(B, L, D, seed=52)
     for value in (att_mse_loss(a_S, a_T, zero), att_mse_sum_loss(a_S, a_T, zero), att_ce_loss(a_S, a_T, zero),
                   att_ce_mean_loss(a_S, a_T, zero), hid_mse_loss(h_S, h_T, zero), cos_loss(h_S, h_T, zero),
                   mmd_loss([h_S, h_S], [h_T, h_T], zero), fsp_loss([h_S, h_S], [h_T, h_T], zero)):
-        assert torch.isnan(value)
+        assert value.item() == 0.0
+    # one fully padded example in fsp: its Gram matrices are 0, the others are unchanged
+    m = torch.ones(B, L)
+    m[0] = 0
+    value = fsp_loss([h_S, h_S], [h_T, h_T], m)
+    hs, ht = h_S * m[..., None], h_T * m[..., None]
+    g_S = torch.einsum("bld,ble->bde", hs, hs) / m.sum(1).clamp_min(1)[:, None, None]
+    g_T = torch.einsum("bld,ble->bde", ht, ht) / m.sum(1).clamp_min(1)[:, None, None]
+    assert value.item() == approx(((g_S - g_T) ** 2).mean().item(), rel=1e-5)
 
 
 # -- bad input -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import os
 import signal
 import threading
@@ -30,8 +31,8 @@ from ..errors import AdaptorError, BrewkitError, CheckpointError, ConfigError, N
 from ..logging_utils import MetricsWriter, ensure_default_handler, logger
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, WEIGHT_SCHEDULER
 from .utils import (CachedCursor, LoaderCursor, batch_size_of, call_model, detach_to_cpu, get_rng_state,
-                    move_to_device, probability_shift_, seed_everything, select_logits_with_mask,
-                    set_rng_state, split_batch)
+                    UNITS, find_mask, move_to_device, probability_shift_, seed_everything,
+                    select_logits_with_mask, set_rng_state, split_batch, unit_counts)
 
 
 class CachedTeacherResults(dict):
@@ -72,6 +73,9 @@ class AbstractDistiller:
             raise ConfigError(f"must be a DistillationConfig, got {type(distill_config).__name__}",
                               "distill_config")
         _check_model(model_S, "model_S")
+        if train_config.data_parallel:
+            raise ConfigError("DataParallel is not supported; run data-parallel with torchrun (DDP), which is "
+                              "faster on one machine too", "data_parallel")
         self.t_config, self.d_config = train_config, distill_config
         self.model_T, self.model_S = model_T, model_S
         self.adaptor_T, self.adaptor_S = adaptor_T, adaptor_S
@@ -89,6 +93,8 @@ class AbstractDistiller:
         self._cache: list | None = None
         self.rank, self.world_size = 0, 1
         self._student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
+        self._unit_scale: torch.Tensor | None = None
+        self._unit_norm_ok = True
         ensure_default_handler()
 
     # ---------------------------------------------------------------------------------------------------
@@ -195,7 +201,15 @@ class AbstractDistiller:
     def student_results(self, batch_S: Any, args: dict, adaptor_S: Any = None, who: str = "adaptor_S") -> dict:
         adaptor_S = adaptor_S if adaptor_S is not None else self.adaptor_S
         outputs = call_model(self._student_forward, batch_S, {**args, **self._model_kwargs(adaptor_S)})
-        return self._run_adaptor(adaptor_S, batch_S, outputs, who)
+        results = self._run_adaptor(adaptor_S, batch_S, outputs, who)
+        if not self._validated:
+            mask, found = results.get("inputs_mask"), find_mask(batch_S)
+            if mask is not None and (found is None or found.shape != mask.shape or
+                                     not torch.equal(found.bool(), mask.to(found.device).bool())):
+                self._unit_norm_ok = False  # the batch's mask does not tell how the losses count tokens
+                logger.warning("%s's inputs_mask is not the batch's mask: loss terms are averaged per micro-batch "
+                               "(loss_normalization='micro_batch')", who)
+        return results
 
     def train_on_batch(self, batch: Any, args: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-batch: forward passes and :meth:`compute_loss`. Returns ``(loss, {term: value})``."""
@@ -235,12 +249,13 @@ class AbstractDistiller:
         if len(logits_S) != len(logits_T):
             raise AdaptorError(f"adaptor_S returned {len(logits_S)} logits tensors but adaptor_T returned "
                                f"{len(logits_T)}; they are paired by position")
+        units = ["rows" if z.dim() == 2 else "tokens" if mask_S else "positions" for z in logits_S]
+        labels = results_S.get("labels")
+        total, tau = 0.0, d.temperature
         if mask_S:
             logits_S = select_logits_with_mask(logits_S, mask_S)
         if mask_T:
             logits_T = select_logits_with_mask(logits_T, mask_T)
-        labels = results_S.get("labels")
-        total, tau = 0.0, d.temperature
         for k, (zs, zt) in enumerate(zip(logits_S, logits_T)):
             if d.probability_shift:
                 if not labels:
@@ -257,11 +272,12 @@ class AbstractDistiller:
                 loss = self.kd_loss(zs, zt, tau) * (tau ** 2)
             else:
                 loss = self.kd_loss(zs, zt, tau)
-            total = total + loss
+            total = total + loss * self.term_scale(units[k])
         return total, tau
 
     @staticmethod
     def hard_label_term(results_S: dict) -> torch.Tensor | None:
+        """sum_j mean(losses_j) of the student adaptor's ``losses`` (None when it returned none)."""
         losses = results_S.get("losses")
         if not losses:
             return None
@@ -317,7 +333,11 @@ class AbstractDistiller:
                                    tc.ddp_find_unused_parameters)
             self._student_forward = ddp
         if scheduler_class is not None:
-            scheduler = scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
+            try:
+                scheduler = scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
+            except TypeError as e:
+                raise ConfigError(f"cannot build {getattr(scheduler_class, '__name__', scheduler_class)} with "
+                                  f"optimizer and {sorted(scheduler_args or {})}: {e}", "scheduler_args") from None
         scaler = torch.amp.GradScaler("cuda") if tc.fp16 else None
         accum = tc.gradient_accumulation_steps
         cursor = self._make_cursor(self._shard(dataloader), batch_postprocessor, kwargs)
@@ -363,7 +383,10 @@ class AbstractDistiller:
                     check = not tc.skip_nonfinite_steps and (
                         self.device.type == "cpu" or upcoming % tc.logging_steps == 0
                         or is_checkpoint_step(upcoming))
+                    scales = self._group_scales(group)
+                    finite = torch.ones((), dtype=torch.bool, device=self.device)
                     for j, batch in enumerate(group):
+                        self._unit_scale = scales[j] if scales is not None else None
                         batch = move_to_device(batch, self.device, non_blocking=True)
                         # DDP: gradients are all-reduced once per optimizer step, on its last micro-batch
                         sync = contextlib.nullcontext() if ddp is None or j == len(group) - 1 else ddp.no_sync()
@@ -373,14 +396,16 @@ class AbstractDistiller:
                             self._validated = True
                             if check:
                                 self._check_finite(loss, terms)
+                            elif tc.skip_nonfinite_steps:
+                                finite &= torch.isfinite(loss.detach())  # decided at the step, no sync here
                             scaled = loss / len(group)
                             (scaler.scale(scaled) if scaler else scaled).backward()
                         for k, v in {"loss": loss, **terms}.items():
                             sums[k] = sums.get(k, 0) + v.detach().float()
                         samples += batch_size_of(batch)
                         micro += 1
-                    grad_norm = self._optimizer_step(optimizer, scaler, params, max_grad_norm,
-                                                     want_norm=(self.global_step + 1) % tc.logging_steps == 0)
+                    grad_norm = self._optimizer_step(optimizer, scaler, params, max_grad_norm, finite,
+                                                     want_norm=check or upcoming % tc.logging_steps == 0)
                     if grad_norm is _SKIPPED:
                         skipped += 1
                     elif scheduler is not None:
@@ -415,8 +440,32 @@ class AbstractDistiller:
                     progress.close()
                 metrics.close()
                 self._restore_teacher_flags()
+                if ddp is not None:  # release the DDP reducer now, while the process group is alive
+                    self._student_forward = self.model_S
+                    del ddp
 
     # -- loop helpers -----------------------------------------------------------------------------------
+    def _group_scales(self, group: list) -> list[torch.Tensor] | None:
+        """Per micro-batch, per unit: ``k * W * count_j / total`` (k micro-batches, W processes), so that after
+        the loop's division by k and DDP's mean over W each term is averaged over the whole effective batch.
+        None when there is nothing to rescale (one micro-batch, one process) or it is switched off."""
+        if self.t_config.loss_normalization != "effective_batch" or not self._unit_norm_ok or \
+                (len(group) == 1 and self.world_size == 1):
+            return None
+        counts = [unit_counts(_student_part(b)).to(self.device) for b in group]
+        total = torch.stack(counts).sum(0)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        factor = len(group) * self.world_size
+        return [(c * factor / total.clamp_min(1)).float() for c in counts]
+
+    def term_scale(self, unit: str) -> torch.Tensor | float:
+        """The factor for a term whose mean divides by ``unit`` (see :func:`_group_scales`); 1 if none."""
+        s = self._unit_scale
+        return 1.0 if s is None else s[UNITS.index(unit)]
+
     def _shard(self, dataloader: Any) -> Any:
         return distributed.shard(dataloader, self.rank, self.world_size, self.t_config.seed or 0)
 
@@ -443,7 +492,9 @@ class AbstractDistiller:
         raise NonFiniteLossError(f"non-finite loss at step {self.global_step + 1}: term(s) {', '.join(bad)}; "
                                  "the last checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
 
-    def _optimizer_step(self, optimizer, scaler, params, max_grad_norm: float, want_norm: bool):
+    def _optimizer_step(self, optimizer, scaler, params, max_grad_norm: float, loss_finite: torch.Tensor,
+                        want_norm: bool):
+        """Unscale, clip, check and step. Returns the gradient norm (when computed) or ``_SKIPPED``."""
         if scaler is not None:
             scaler.unscale_(optimizer)
         norm = None
@@ -452,7 +503,12 @@ class AbstractDistiller:
         elif want_norm or self.t_config.skip_nonfinite_steps:
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if norm is not None and scaler is None and not torch.isfinite(norm):
+        if self.t_config.skip_nonfinite_steps and scaler is None:
+            norm_ok = torch.isfinite(norm) if norm is not None else torch.ones((), dtype=torch.bool)
+            bad = not bool(norm_ok.to(loss_finite.device) & loss_finite)
+        else:
+            bad = norm is not None and scaler is None and not torch.isfinite(norm)
+        if bad:
             if not self.t_config.skip_nonfinite_steps:
                 raise NonFiniteLossError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
                                          "checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
@@ -521,9 +577,13 @@ class AbstractDistiller:
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
-        return {"student": type(unwrap(self.model_S)).__name__,
-                "n_student_params": sum(p.numel() for p in self.model_S.parameters()),
-                "distiller": type(self).__name__}
+        """What a checkpoint must match to be resumed: models (class, size) and the distillation config."""
+        def describe(m: nn.Module) -> list:
+            return [type(unwrap(m)).__name__, sum(p.numel() for p in m.parameters())]
+
+        return {"distiller": type(self).__name__, "student": describe(self.model_S),
+                "teachers": [describe(t) for t in self.teachers()],
+                "distillation_config": self.d_config.to_dict() if self.d_config is not None else None}
 
     def save(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict,
              save_total_limit: int | None = None) -> str | None:
@@ -573,8 +633,11 @@ class AbstractDistiller:
         state = load_state(path)
         ts = state["trainer_state"]
         if ts.get("fingerprint") != self._fingerprint():
-            raise CheckpointError(f"{path} was written by a different run ({ts.get('fingerprint')}); "
-                                  f"this run is {self._fingerprint()}")
+            if not self.t_config.force_resume:
+                raise CheckpointError(f"{path} was written by a different run (models or distillation config "
+                                      f"differ: {ts.get('fingerprint')} vs {self._fingerprint()}); set "
+                                      "force_resume=True to load it anyway")
+            logger.warning("force_resume: loading %s although it was written by a different run", path)
         if ts["plan"] != plan:
             raise CheckpointError(f"{path} was written for a different schedule ({ts['plan']}); this run has {plan}")
         load_student(self.model_S, path)
@@ -598,7 +661,7 @@ _SKIPPED = object()
 
 
 def _int_arg(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"must be a positive integer, got {value!r}", name)
 
 
@@ -608,6 +671,12 @@ def _shuffles(loader: Any) -> bool:
     batch_sampler = getattr(loader, "batch_sampler", None)
     return isinstance(sampler, torch.utils.data.RandomSampler) or bool(getattr(sampler, "shuffle", False)) \
         or bool(getattr(batch_sampler, "shuffle", False))
+
+
+def _student_part(batch: Any) -> Any:
+    if hasattr(batch, "task") and hasattr(batch, "batch"):  # a MultiTask micro-batch
+        batch = batch.batch
+    return split_batch(batch)[1]
 
 
 class _Mapped:

@@ -36,7 +36,7 @@ class BasicTrainer(AbstractDistiller):
         if loss is None:
             raise AdaptorError("BasicTrainer needs 'losses' from its adaptor (for a Hugging Face model: put "
                                "'labels' in the batch so the model returns its loss)")
-        return loss, {}
+        return loss * self.term_scale("rows"), {}
 
 
 class BasicDistiller(AbstractDistiller):
@@ -113,6 +113,6 @@ class BasicDistiller(AbstractDistiller):
                 terms["temperature"] = tau.detach().float().mean()
         hl = self.hard_label_term(results_S)
         if hl is not None:
-            total = total + self.weights["hard_label_weight"] * hl
+            total = total + self.weights["hard_label_weight"] * hl * self.term_scale("rows")
             terms["unweighted_hard_label_loss"] = hl
         return total, terms

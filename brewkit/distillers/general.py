@@ -33,6 +33,8 @@ class GeneralDistiller(BasicDistiller):
         super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S)
         self.matches: list[IntermediateMatch] = list(distill_config.intermediate_matches or [])
         self.match_fns = [MATCH_LOSS_MAP[m.loss] for m in self.matches]
+        # (with a mask, without): what each loss's mean divides by, for effective-batch normalisation
+        self.match_units = [MATCH_LOSS_MAP.meta(m.loss).get("unit", ("rows", "rows")) for m in self.matches]
         for m in self.matches:
             if m.proj:
                 self.projs.append(PROJ_MAP[m.proj[0]](m.proj[1], m.proj[2]).to(self.device))
@@ -75,7 +77,7 @@ class GeneralDistiller(BasicDistiller):
     def match_terms(self, results_S: dict, results_T: dict) -> tuple[torch.Tensor, dict]:
         total, terms = 0.0, {}
         mask = results_S.get("inputs_mask")
-        for i, (m, fn, proj) in enumerate(zip(self.matches, self.match_fns, self.projs)):
+        for i, (m, fn, proj, unit) in enumerate(zip(self.matches, self.match_fns, self.projs, self.match_units)):
             if not self._validated:
                 self._check_match(i, m, results_S, results_T)
             feats_S, feats_T = results_S[m.feature], results_T[m.feature]
@@ -89,7 +91,7 @@ class GeneralDistiller(BasicDistiller):
                 if proj is not None:
                     f_S = proj(f_S)
             loss = fn(f_S, f_T, mask=mask)
-            total = total + m.weight * loss
+            total = total + m.weight * loss * self.term_scale(unit[0 if mask is not None else 1])
             terms[f"unweighted_{m.name}"] = loss
         return total, terms
 
@@ -106,6 +108,12 @@ class GeneralDistiller(BasicDistiller):
                     side = "layer_S" if who == "adaptor_S" else "layer_T"
                     raise AdaptorError(f"{where}.{side}: layer {j} is out of range: {who} returned "
                                        f"{len(feats)} {m.feature!r} tensors (valid indices 0..{len(feats) - 1})")
+        mask_S, mask_T = results_S.get("inputs_mask"), results_T.get("inputs_mask")
+        if mask_S is not None and mask_T is not None and (
+                mask_S.shape != mask_T.shape or not torch.equal(mask_S.bool(), mask_T.to(mask_S.device).bool())):
+            raise AdaptorError(f"{where}: adaptor_T's inputs_mask {tuple(mask_T.shape)} differs from adaptor_S's "
+                               f"{tuple(mask_S.shape)}; match losses use the student's inputs_mask for both sides, "
+                               "so position-wise matches need the same tokenisation")
         meta = MATCH_LOSS_MAP.meta(m.loss)
         if meta.get("input") == "scores" and not meta.get("probs_ok") and \
                 isinstance(results_T[m.feature], AttentionProbs):

@@ -47,6 +47,8 @@ def call_model(model: torch.nn.Module, batch: Any, kwargs: dict) -> Any:
 
 def batch_size_of(batch: Any) -> int:
     """The leading dimension of the first tensor found in ``batch`` (0 when there is none). No device sync."""
+    if hasattr(batch, "task") and hasattr(batch, "batch"):  # a MultiTask micro-batch
+        batch = batch.batch
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, Mapping):
@@ -57,6 +59,36 @@ def batch_size_of(batch: Any) -> int:
             if n:
                 return n
     return 0
+
+
+#: What a loss's mean may divide by (see ``unit`` in brewkit.presets), in the order of :func:`unit_counts`.
+UNITS = ("rows", "tokens", "token_pairs", "positions", "position_pairs")
+MASK_KEYS = ("attention_mask", "inputs_mask", "mask")
+
+
+def find_mask(batch: Any) -> torch.Tensor | None:
+    """The batch's ``(B, L)`` padding mask (``attention_mask``, ``inputs_mask`` or ``mask``), if it has one."""
+    if isinstance(batch, Mapping):
+        for key in MASK_KEYS:
+            m = batch.get(key)
+            if isinstance(m, torch.Tensor) and m.dim() == 2:
+                return m
+    return None
+
+
+def unit_counts(batch: Any) -> torch.Tensor:
+    """``[rows, tokens, token_pairs, positions, position_pairs]`` of a batch (float64), from its mask:
+    rows = B, tokens = sum n_b, token_pairs = sum n_b^2, positions = B L, position_pairs = B L^2.
+    Without a mask every unit counts rows (each example weighs the same)."""
+    m = find_mask(batch)
+    if m is None:
+        n = float(batch_size_of(batch))
+        return torch.full((len(UNITS),), n, dtype=torch.float64)
+    n = m.to(torch.float64).sum(-1)
+    b, length = m.shape
+    return torch.stack([torch.tensor(float(b), dtype=torch.float64, device=m.device), n.sum(), (n * n).sum(),
+                        torch.tensor(float(b * length), dtype=torch.float64, device=m.device),
+                        torch.tensor(float(b * length * length), dtype=torch.float64, device=m.device)])
 
 
 def detach_to_cpu(x: Any) -> Any:

@@ -11,3 +11,4 @@ from .match import (  # noqa: F401
 from .ranking import coupled_rank_distil_expected, coupled_rank_distil_kd_loss, coupled_rank_distil_loss  # noqa: F401
 from .sampled_softmax import rank_sampled_softmax_loss  # noqa: F401
 from . import easytransfer  # noqa: F401
+from .vocab import chunked_kd_ce_loss, chunked_kd_kl_loss, chunked_kd_loss, fused_linear_kd_loss  # noqa: F401

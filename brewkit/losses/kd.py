@@ -81,6 +81,11 @@ def _scale_by_tau_squared(loss: torch.Tensor, tau: float | torch.Tensor) -> torc
 
 
 # -- the losses ----------------------------------------------------------------------------------------------
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements; 0 (not NaN) when there are none, e.g. a ``logits_mask`` that keeps no row."""
+    return x.mean() if x.numel() else x.sum()
+
+
 def kd_ce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
                temperature_squared: bool = False) -> torch.Tensor:
     """Soft cross-entropy (TextBrewer ``'ce'``).
@@ -98,7 +103,7 @@ def kd_ce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: floa
     per_row = -(p_T * F.log_softmax(zS / tau, dim=-1)).sum(dim=-1)
     if temperature_squared:
         per_row = _scale_by_tau_squared(per_row, tau)
-    return per_row.mean()
+    return _mean(per_row)
 
 
 def kd_mse_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
@@ -114,7 +119,7 @@ def kd_mse_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: flo
     per_element = (zS / tau - zT / tau) ** 2
     if temperature_squared:
         per_element = _scale_by_tau_squared(per_element, tau)
-    return per_element.mean()
+    return _mean(per_element)
 
 
 def kd_kl_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
@@ -137,7 +142,7 @@ def kd_kl_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: floa
     per_row = (p_T * log_ratio).sum(dim=-1)
     if temperature_squared:
         per_row = _scale_by_tau_squared(per_row, tau)
-    return per_row.mean()
+    return _mean(per_row)
 
 
 def kd_bce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
@@ -154,4 +159,4 @@ def kd_bce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: flo
     per_element = F.binary_cross_entropy_with_logits(zS / tau, target, reduction="none")
     if temperature_squared:
         per_element = _scale_by_tau_squared(per_element, tau)
-    return per_element.mean()
+    return _mean(per_element)

@@ -16,8 +16,9 @@ Two families of attention losses:
   arithmetic, so zeros, ``-inf`` or NaN there never reach the value or the gradient.
 
 Every loss computes in float32 (half and bfloat16 inputs are upcast; float64 stays float64) and returns a
-0-d tensor. The TextBrewer losses divide by the number of valid positions, so an all-zero mask gives NaN
-(0 / 0) as in TextBrewer; the ``att_probs_*`` losses return 0 instead.
+0-d tensor. The losses divide by the number of valid positions; where that is 0 (an all-zero mask, a fully padded
+example in ``fsp``, a zero [CLS] vector in ``pkd``) they return a defined 0 where TextBrewer gave NaN (0 / 0).
+Every finite value is TextBrewer's.
 
 Differences from TextBrewer common to all: TextBrewer computed in the input dtype; the arguments are named
 ``feature_S, feature_T`` (TextBrewer: ``attention_S`` / ``state_S``, ...); wrong ranks, mismatched shapes and
@@ -151,7 +152,7 @@ def att_mse_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.T
     m = _attention_mask(mask, a_S)
     m_query, m_key = _query_key(m, a_S.dim())
     total = ((a_S - a_T) ** 2 * m_query * m_key).sum()
-    return total / (_heads(a_S) * (m.sum(dim=1) ** 2).sum())
+    return _safe_divide(total, _heads(a_S) * (m.sum(dim=1) ** 2).sum())
 
 
 def att_mse_sum_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tensor | None = None
@@ -171,7 +172,7 @@ def att_mse_sum_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: tor
         return F.mse_loss(_drop_padding(a_S), _drop_padding(a_T))
     m = _attention_mask(mask, a_S)
     m_query, m_key = _query_key(m, 3)
-    return ((a_S - a_T) ** 2 * m_query * m_key).sum() / (m.sum(dim=1) ** 2).sum()
+    return _safe_divide(((a_S - a_T) ** 2 * m_query * m_key).sum(), (m.sum(dim=1) ** 2).sum())
 
 
 def _scores_ce(a_S: torch.Tensor, a_T: torch.Tensor, mask: object) -> torch.Tensor:
@@ -185,7 +186,7 @@ def _scores_ce(a_S: torch.Tensor, a_T: torch.Tensor, mask: object) -> torch.Tens
     m_key = _query_key(m, a_S.dim())[1]
     m_row = m[:, None, :] if a_S.dim() == 4 else m  # broadcasts over the (B, [H,] L) query rows
     total = ((p_T * log_q_S * m_key).sum(dim=-1) * m_row).sum()
-    return -total / (_heads(a_S) * m.sum())
+    return -_safe_divide(total, _heads(a_S) * m.sum())
 
 
 def att_ce_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tensor | None = None
@@ -322,7 +323,7 @@ def hid_mse_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.T
     if mask is None or h_S.dim() == 2:
         return F.mse_loss(h_S, h_T)
     m = _mask_weights(mask, h_S, h_S.shape[0], h_S.shape[1], "(B, L, D)")
-    return ((h_S - h_T) ** 2 * m[:, :, None]).sum() / (m.sum() * h_S.shape[-1])
+    return _safe_divide(((h_S - h_T) ** 2 * m[:, :, None]).sum(), m.sum() * h_S.shape[-1])
 
 
 def cos_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tensor | None = None
@@ -342,6 +343,8 @@ def cos_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tenso
     else:
         rows_S, rows_T = h_S.reshape(-1, h_S.shape[-1]), h_T.reshape(-1, h_T.shape[-1])
     target = torch.ones(rows_S.shape[0], dtype=rows_S.dtype, device=rows_S.device)
+    if rows_S.shape[0] == 0:  # every position masked: a defined 0 (TextBrewer: NaN)
+        return (rows_S.sum() + rows_T.sum()) * 0
     return F.cosine_embedding_loss(rows_S, rows_T, target, reduction="mean")
 
 
@@ -362,8 +365,8 @@ def pkd_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tenso
         raise ConfigError(f"the [CLS] vectors must have the same shape (B, D), got {_shape(cls_S)} (from "
                           f"{_shape(x_S)}) and {_shape(cls_T)} (from {_shape(x_T)})", "feature_T")
     cls_S, cls_T = _common_dtype(cls_S, cls_T)
-    u_S = cls_S / torch.norm(cls_S, dim=1, keepdim=True)
-    u_T = cls_T / torch.norm(cls_T, dim=1, keepdim=True)
+    u_S = _safe_divide(cls_S, torch.norm(cls_S, dim=1, keepdim=True))  # a zero vector stays 0 (TextBrewer: NaN)
+    u_T = _safe_divide(cls_T, torch.norm(cls_T, dim=1, keepdim=True))
     return (u_S - u_T).pow(2).sum(dim=-1).mean()
 
 
@@ -395,8 +398,8 @@ def fsp_loss(feature_S: Sequence[torch.Tensor], feature_T: Sequence[torch.Tensor
                               f"{_shape(t0)}", "feature_T")
         m = _mask_weights(mask, s0, s0.shape[0], s0.shape[1], "(B, L, D)")[:, :, None]  # (B, L, 1)
         lengths = m.sum(dim=1, keepdim=True)  # (B, 1, 1)
-        gram_S = torch.bmm((s0 * m).transpose(1, 2), s1 * m) / lengths
-        gram_T = torch.bmm((t0 * m).transpose(1, 2), t1 * m) / lengths
+        gram_S = _safe_divide(torch.bmm((s0 * m).transpose(1, 2), s1 * m), lengths)
+        gram_T = _safe_divide(torch.bmm((t0 * m).transpose(1, 2), t1 * m), lengths)
     return F.mse_loss(gram_S, gram_T)
 
 
@@ -432,4 +435,4 @@ def mmd_loss(feature_S: Sequence[torch.Tensor], feature_T: Sequence[torch.Tensor
         return F.mse_loss(gram_S, gram_T)
     m = _mask_weights(mask, s0, s0.shape[0], s0.shape[1], "(B, L, D)")
     m_query, m_key = _query_key(m, 3)
-    return ((gram_S - gram_T) ** 2 * m_query * m_key).sum() / (m.sum(dim=1) ** 2).sum()
+    return _safe_divide(((gram_S - gram_T) ** 2 * m_query * m_key).sum(), (m.sum(dim=1) ** 2).sum())
