@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib.metadata
 import inspect
 import json
 import os
@@ -30,8 +29,9 @@ import torch
 import transformers
 from torch import nn
 
-from .configs import check_keys
+from .configs import _is_int, check_keys
 from .errors import ConfigError
+from .paths import PKG_PREFIX, resolve_path, split_pkg
 from .registry import Registry
 
 MODEL_BUILDERS = Registry("MODEL_BUILDERS", "model builder")
@@ -49,7 +49,6 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3
 # None means float32: checkpoints are often stored in half precision, and training wants fp32 weights
 # (mixed precision is the trainer's job). "auto" keeps a checkpoint's dtype (float32 for random models).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
-PKG_PREFIX = "pkg://"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                     "sentencepiece.bpe.model", "tokenizer.model")
 # Config keys that are sizes: they must be positive integers.
@@ -61,10 +60,6 @@ _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
 # -- validation helpers ---------------------------------------------------------------------------------
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _nonempty_str(value: Any, path: str) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
@@ -83,14 +78,6 @@ def _check_layers(layers: Any, path: str = "init_from_teacher.layers") -> list[i
         if not _is_int(idx) or idx < 0:
             raise ConfigError(f"must be a teacher layer index (an integer >= 0), got {idx!r}", f"{path}[{i}]")
     return [int(i) for i in layers]
-
-
-def _split_pkg(path: str, field_name: str) -> tuple[str, str]:
-    """``pkg://DIST/rel/path`` -> ``("DIST", "rel/path")``."""
-    dist, _, rel = path[len(PKG_PREFIX):].partition("/")
-    if not dist or not rel.strip("/"):
-        raise ConfigError(f"must look like pkg://DISTRIBUTION/relative/path, got {path!r}", field_name)
-    return dist, rel.strip("/")
 
 
 def hf_config_from_dict(d: Any, path: str = "config") -> "transformers.PretrainedConfig":
@@ -165,12 +152,13 @@ class ModelSpec:
     init_from_teacher: dict | None = None
     attn_implementation: str = "eager"
     dtype: str | None = None
+    freeze: list | None = None
 
     def __post_init__(self) -> None:
         if self.path is not None:
             self.path = _nonempty_str(self.path, "path")
             if self.path.startswith(PKG_PREFIX):
-                _split_pkg(self.path, "path")
+                split_pkg(self.path, "path")
         if self.config is not None:
             hf_config_from_dict(self.config, "config")
             self.config = dict(self.config)
@@ -206,7 +194,7 @@ class ModelSpec:
         if self.tokenizer is not None:
             self.tokenizer = _nonempty_str(self.tokenizer, "tokenizer")
             if self.tokenizer.startswith(PKG_PREFIX):
-                _split_pkg(self.tokenizer, "tokenizer")
+                split_pkg(self.tokenizer, "tokenizer")
         if self.init_from_teacher is not None:
             check_keys(self.init_from_teacher, ["layers"], "init_from_teacher")
             if "layers" not in self.init_from_teacher:
@@ -219,6 +207,12 @@ class ModelSpec:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"must be one of {', '.join(DTYPES)} or null (float32); got {self.dtype!r}",
                               "dtype")
+        if self.freeze is not None:
+            if not isinstance(self.freeze, list):
+                raise ConfigError("must be a list of parameter-name prefixes, e.g. "
+                                  "[bert.embeddings.word_embeddings]", "freeze")
+            for i, prefix in enumerate(self.freeze):
+                _nonempty_str(prefix, f"freeze[{i}]")
 
     @property
     def source(self) -> str:
@@ -255,17 +249,7 @@ def resolve_model_path(path: str, base_dir: str | None = None, *, field_name: st
     written path and the location looked at.
     """
     path = _nonempty_str(path, field_name)
-    if path.startswith(PKG_PREFIX):
-        dist, rel = _split_pkg(path, field_name)
-        try:
-            location = str(importlib.metadata.distribution(dist).locate_file(rel))
-        except importlib.metadata.PackageNotFoundError:
-            raise ConfigError(f"{path!r}: no installed distribution named {dist!r} (pip install {dist})",
-                              field_name) from None
-    else:
-        location = os.path.expanduser(path)
-        if not os.path.isabs(location) and base_dir is not None:
-            location = os.path.join(base_dir, location)
+    location = resolve_path(path, base_dir, field_name)
     location = os.path.abspath(location)
     if not os.path.isdir(location):
         raise ConfigError(f"model directory {path!r} not found (looked at {location})", field_name)
@@ -409,7 +393,26 @@ def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Modu
         tokenizer = load_tokenizer(spec.tokenizer, base_dir)
     if spec.init_from_teacher is not None:
         model.brewkit_init_report = init_from_teacher(model, teacher, spec.init_from_teacher["layers"])
+    if spec.freeze:
+        freeze_parameters(model, spec.freeze)
     return model.eval(), tokenizer
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """``requires_grad = False`` for every parameter whose name starts with one of ``prefixes``; returns how
+    many tensors were frozen. A prefix that matches nothing is an error listing the top-level modules."""
+    names = [n for n, _ in model.named_parameters()]
+    for i, prefix in enumerate(prefixes):
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            tops = sorted({n.rsplit(".", 2)[0] for n in names})[:12]
+            raise ConfigError(f"no parameter is named {prefix!r} or starts with it; some prefixes: "
+                              f"{', '.join(tops)}", f"freeze[{i}]")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 # -- init_from_teacher ----------------------------------------------------------------------------------

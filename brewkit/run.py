@@ -514,8 +514,12 @@ def train_run(run: RunConfig) -> dict:
                "student_parameters": _count(b.student), "teacher_parameters": _count(b.teacher),
                "train_seconds": round(time.perf_counter() - t0, 1)}
     if b.eval_loader is not None:
-        summary.update({f"eval_{k}": v for k, v in
-                        evaluate(b.student, b.eval_loader, run.training.device, run.evaluation.metric).items()})
+        if history and history[-1]["step"] == b.distiller.global_step:  # evaluated at the last checkpoint
+            final_eval = {k: v for k, v in history[-1].items() if k != "step"}
+        else:
+            final_eval = {f"eval_{k}": v for k, v in
+                          evaluate(b.student, b.eval_loader, run.training.device, run.evaluation.metric).items()}
+        summary.update(final_eval)
         summary["eval_history"] = history
     write_json(os.path.join(run.output_dir, "summary.json"), summary)
     return summary

@@ -391,3 +391,22 @@ def test_count_parameters_matches_the_bert_formula_and_describe_model():
 
     assert count_parameters(Tied()) == 3 * 4 + 4 + 5 * 2
     assert describe_model(Tied()) == "Tied: 26 parameters"
+
+
+def test_freeze_prefixes_stop_gradients_and_unknown_prefixes_are_errors():
+    from brewkit.errors import ConfigError as _ConfigError
+    from brewkit.models import ModelSpec, build_model
+
+    spec = ModelSpec.from_dict({"builder": "tiny_bert", "args": {"num_hidden_layers": 1},
+                                "freeze": ["bert.embeddings.word_embeddings", "bert.encoder.layer.0.output"]})
+    model, _ = build_model(spec, num_labels=2)
+    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+    assert frozen == ["bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.output.LayerNorm.bias",
+                      "bert.encoder.layer.0.output.LayerNorm.weight", "bert.encoder.layer.0.output.dense.bias",
+                      "bert.encoder.layer.0.output.dense.weight"]
+    with pytest.raises(_ConfigError) as e:
+        build_model(ModelSpec.from_dict({"builder": "tiny_bert", "freeze": ["bert.embedding"]}), num_labels=2)
+    assert e.value.path == "freeze[0]"
+    with pytest.raises(_ConfigError) as e:
+        ModelSpec.from_dict({"builder": "tiny_bert", "freeze": "bert"})
+    assert e.value.path == "freeze"

