@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import distributed
 from .configs import DistillationConfig, TrainingConfig, _Config, check_keys
 from .errors import AdaptorError, ConfigError
 
@@ -165,6 +166,9 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
     """Read (``yaml.safe_load``), apply ``--set`` overrides, import plugins, validate every section."""
     if isinstance(path_or_dict, dict):
         raw = copy.deepcopy(path_or_dict)
+    elif not isinstance(path_or_dict, (str, os.PathLike)):
+        raise ConfigError(f"a run file must be a mapping of sections, got {type(path_or_dict).__name__}",
+                          "(top level)")
     else:
         if not os.path.isfile(path_or_dict):
             raise ConfigError(f"no such run file: {path_or_dict}")
@@ -295,6 +299,7 @@ class Built:
     scheduler_args: dict
     distill_config: DistillationConfig | None
     notes: list[str]
+    rank: int = 0
 
 
 def _optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
@@ -363,8 +368,15 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     if tokenizer is None:
         raise ConfigError("no tokenizer: give a model path (with tokenizer files) or `tokenizer:`", "teacher")
     second = tok_S if (tok_S is not None and tok_T is not None and tok_S is not tok_T) else None
+    rank, world = 0, 1
+    if distributed.wanted(run.training.local_rank):  # under torchrun: each process trains on its shard
+        rank, world, _ = distributed.setup(run.training.local_rank, torch.device(run.training.device))
     train_loader, eval_loader = _data_errors(lambda: build_dataloaders(
-        run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device))
+        run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device,
+        num_replicas=world, rank=rank))
+    if world > 1 and eval_loader is not None:  # rank 0 evaluates on the whole eval split
+        eval_loader = _data_errors(lambda: build_dataloaders(
+            run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device))[1]
     o = run.optim
     accum = run.training.gradient_accumulation_steps
     total = o.num_steps or math.ceil(len(train_loader) / accum) * o.num_epochs
@@ -378,7 +390,7 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     optimizer = _optimizer(student, o.optimizer) if with_optimizer else None
     sched, sched_args = _scheduler(o.lr_scheduler, total)
     return Built(teacher, student, tokenizer, train_loader, eval_loader, distiller, optimizer, sched, sched_args,
-                 dc, notes)
+                 dc, notes, rank)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
@@ -482,20 +494,23 @@ def train_run(run: RunConfig) -> dict:
 
     t0 = time.perf_counter()
     b = build(run)
+    main = b.rank == 0  # under torchrun only rank 0 writes files and evaluates
     os.makedirs(run.output_dir, exist_ok=True)
-    b.tokenizer.save_pretrained(os.path.join(run.output_dir, "tokenizer"))  # for `brewkit eval` on checkpoints
+    if main:
+        b.tokenizer.save_pretrained(os.path.join(run.output_dir, "tokenizer"))  # for `brewkit eval` on checkpoints
     resolved = copy.deepcopy(run.source)
     if b.distill_config is not None:
         resolved["distillation"] = b.distill_config.to_dict()
     resolved["training"] = {**run.training.to_dict(), **run.optim.to_dict()}
     del resolved["training"]["output_dir"]  # the top-level output_dir says it (and --set output_dir=... works)
-    with open(os.path.join(run.output_dir, "run.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(resolved, f, sort_keys=False)
+    if main:
+        with open(os.path.join(run.output_dir, "run.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(resolved, f, sort_keys=False)
     history: list[dict] = []
     metrics_path = os.path.join(run.output_dir, "metrics.jsonl")
 
     def callback(model, step):
-        if b.eval_loader is None:
+        if b.eval_loader is None or not main:
             return
         result = {"step": step, **{f"eval_{k}": v for k, v in
                                    evaluate(model, b.eval_loader, run.training.device, run.evaluation.metric).items()}}
@@ -508,6 +523,8 @@ def train_run(run: RunConfig) -> dict:
                       scheduler_class=b.scheduler_class, scheduler_args=b.scheduler_args,
                       max_grad_norm=o.max_grad_norm, callback=callback, batch_postprocessor=drop_example_index)
     final = os.path.join(run.output_dir, "final")
+    if not main:
+        return {"rank": b.rank, "steps": b.distiller.global_step}
     b.student.save_pretrained(final, safe_serialization=True)
     b.tokenizer.save_pretrained(final)
     summary = {"output_dir": run.output_dir, "final_model": final, "steps": b.distiller.global_step,
