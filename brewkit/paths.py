@@ -32,7 +32,7 @@ def resolve_path(spec: str, base_dir: str | None = None, field: str | None = Non
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"{spec!r}: no installed distribution named {name!r} (pip install {name})", field) from None
+        raise ConfigError(f"{spec!r}: distribution {name!r} is not installed (pip install {name})", field) from None
     direct = dist.locate_file(rel)
     if os.path.exists(direct):
         return str(direct)

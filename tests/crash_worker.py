@@ -133,7 +133,8 @@ def run(spec: dict) -> None:
 
     if kind == "prune":
         def rmtree(path, *args, **kwargs):
-            if distiller.global_step == pause[1] and os.path.basename(path).startswith("checkpoint-"):
+            name = os.path.basename(path)
+            if distiller.global_step == pause[1] and name.startswith((".deleting-checkpoint-", "checkpoint-")):
                 os.remove(os.path.join(path, "model.safetensors"))
                 _hold(ready)
             return shutil.rmtree(path, *args, **kwargs)

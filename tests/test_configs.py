@@ -78,6 +78,7 @@ BAD = [
     (T, {"resume_from_checkpoint": 3}, "resume_from_checkpoint", ["true", "checkpoint path"]),
     (T, {"progress_bar": "auto"}, "progress_bar", ["true or false"]),
     (T, {"skip_nonfinite_steps": None}, "skip_nonfinite_steps", ["true or false"]),
+    (T, {"force_resume": "yes"}, "force_resume", ["true or false"]),
     (T, {"teacher_dtype": "fp16"}, "teacher_dtype", ["'float32'", "'bfloat16'", "'float16'"]),
     (T, {"compile": "yes"}, "compile", ["true or false"]),
     (T, {"ddp_find_unused_parameters": 0}, "ddp_find_unused_parameters", ["true or false"]),

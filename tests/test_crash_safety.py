@@ -169,8 +169,9 @@ def test_sigkill_while_pruning_old_checkpoints(tmp_path, reference):
     ref_distiller, ref_out = reference
     out = tmp_path / "out"
     _kill_forked_at(out, ["prune", 3], save_total_limit=2)
-    # checkpoint-3 was complete before pruning started; checkpoint-1 is half deleted
-    assert not os.path.exists(out / "checkpoint-1" / "model.safetensors")
+    # checkpoint-3 was complete before pruning started; checkpoint-1 was hidden, then half deleted
+    assert not os.path.exists(out / "checkpoint-1")
+    assert [n for n in os.listdir(out) if n.startswith(".deleting-checkpoint-1-")]
     _assert_last_complete_checkpoint(out, 3, ref_out)
     _assert_resume_matches(out, ref_distiller, 3, save_total_limit=2)
     assert [s for s, _ in list_checkpoints(str(out))] == [N - 1, N]  # the resumed run pruned as configured

@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 
 def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, stop_at, resume: bool,
-         normalization: str = "effective_batch") -> None:
+         normalization: str = "effective_batch", textbrewer_way: bool = False) -> None:
     """One process of a run: 10 SGD steps of KD + hard labels + masked matches on the toy model, effective
     batch 8 (the toy dataset's rows have different lengths, so per-micro-batch means would differ)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -37,11 +37,21 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
          "proj": ["linear", 6, 8]},
         {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "cos", "weight": 1.0, "proj": ["linear", 6, 8]},
         {"layer_T": [1, 2], "layer_S": [1, 2], "feature": "hidden", "loss": "mmd", "weight": 1.0}])
+    local_rank = -1
+    dataset = ToyDataset(80)
+    if textbrewer_way:  # the user initialises the group, builds the sampler and passes local_rank
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        local_rank = rank
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
     tc = TrainingConfig(output_dir=out, device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=10,
                         logging_steps=5, progress_bar=False, resume_from_checkpoint=resume or None,
-                        loss_normalization=normalization)
+                        loss_normalization=normalization, local_rank=local_rank)
     d = GeneralDistiller(tc, dc, teacher, student, toy_adaptor, toy_adaptor)
-    loader = torch.utils.data.DataLoader(ToyDataset(80), batch_size=batch, shuffle=False)
 
     def cb(model, step):
         if step == stop_at:
@@ -59,14 +69,16 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
         dist.destroy_process_group()
 
 
-def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, normalization="effective_batch"):
+def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, normalization="effective_batch",
+            textbrewer_way=False):
     out = str(tmp_path / name)
     if world == 1:
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             os.environ.pop(k, None)
         _run(0, 1, 0, out, batch, accum, stop_at, resume, normalization)
     else:
-        ctx = mp.start_processes(_run, args=(world, _free_port(), out, batch, accum, stop_at, resume, normalization),
+        ctx = mp.start_processes(_run, args=(world, _free_port(), out, batch, accum, stop_at, resume, normalization,
+                                             textbrewer_way),
                                  nprocs=world, join=False, start_method="spawn")
         deadline = time.monotonic() + 180
         while not ctx.join(timeout=1):
@@ -81,6 +93,13 @@ def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, nor
 def test_same_effective_batch_same_update(tmp_path, world, batch, accum):
     reference = _launch(tmp_path, "ref", 1, 8, 1)
     other = _launch(tmp_path, "other", world, batch, accum)
+    for a, b in zip(reference, other):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_textbrewer_way_user_group_sampler_and_local_rank(tmp_path):
+    reference = _launch(tmp_path, "ref", 1, 8, 1)
+    other = _launch(tmp_path, "tb", 2, 4, 1, textbrewer_way=True)
     for a, b in zip(reference, other):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 

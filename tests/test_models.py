@@ -302,7 +302,7 @@ def test_missing_directory_names_path_and_location(tmp_path):
     assert "'no_such_model'" in str(e.value) and str(tmp_path / "no_such_model") in str(e.value)
     with pytest.raises(ConfigError) as e:
         build_model(ModelSpec(path="pkg://no-such-distribution-xyz/model"))
-    assert e.value.path == "path" and "no installed distribution named 'no-such-distribution-xyz'" in str(e.value)
+    assert e.value.path == "path" and "distribution 'no-such-distribution-xyz' is not installed" in str(e.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError) as e:
         build_model(ModelSpec(path=str(tmp_path / "empty")))
@@ -366,7 +366,7 @@ def test_to_dict_round_trips_through_yaml_and_json():
         assert ModelSpec.from_dict(json.loads(json.dumps(d))) == spec
     assert specs[1].to_dict()["init_from_teacher"] == {"layers": [0, 2]}
     assert set(specs[0].to_dict()) == {"path", "config", "builder", "args", "task", "num_labels", "tokenizer",
-                                       "init_from_teacher", "attn_implementation", "dtype"}
+                                       "init_from_teacher", "attn_implementation", "dtype", "freeze"}
     assert [s.source for s in specs] == ["path", "config", "builder", "teacher"]
 
 

@@ -21,10 +21,10 @@ def test_python_walkthrough_runs(tmp_path, monkeypatch):
     try:
         exec(compile(_walkthrough(), "README.md", "exec"), scope)
     finally:
-        MATCH_LOSS_MAP.pop("hidden_l1", None)
+        MATCH_LOSS_MAP.pop("my_l1", None)
     assert scope["distiller"].global_step == 8
     records = [json.loads(line) for line in (tmp_path / "runs/walkthrough/metrics.jsonl").read_text().splitlines()]
-    assert "unweighted_hidden_hidden_l1_2_4" in records[-1]
+    assert "unweighted_hidden_my_l1_2_4" in records[-1]
     assert (tmp_path / "runs/walkthrough/checkpoint-8/model.safetensors").exists()
 
 
