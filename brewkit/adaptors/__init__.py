@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import AdaptorError
-from .hf import AttentionProbs, auto_adaptor, hf_adaptor  # noqa: F401
+from .hf import AttentionProbs, hf_adaptor  # noqa: F401
 
 _LISTED = ("logits", "logits_mask", "losses", "labels")
 

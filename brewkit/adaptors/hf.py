@@ -38,7 +38,3 @@ def hf_adaptor(batch: object, model_outputs: object) -> dict:
             out["labels"] = batch["labels"]
     return out
 
-
-def auto_adaptor(batch: object, model_outputs: object) -> dict:
-    """Default when no adaptor is given: :func:`hf_adaptor` (a bare tensor output becomes ``logits``)."""
-    return hf_adaptor(batch, model_outputs)
