@@ -80,6 +80,7 @@ class MultiTaskDistiller(GeneralDistiller):
         self.adaptors_S = adaptor_S or {t: None for t in tasks}
         self.task_weights: dict[str, float] | None = None
         self.task_kwarg: str | None = "task"
+        self._pass_task = False
 
     def _check_teachers(self) -> None:
         if not isinstance(self.model_T, dict) or not self.model_T:
@@ -98,6 +99,8 @@ class MultiTaskDistiller(GeneralDistiller):
         if batch_postprocessors is not None and set(batch_postprocessors) - set(self.model_T):
             raise ConfigError("keys must be task names", "batch_postprocessors")
         self.task_weights, self.task_kwarg = task_weights, task_kwarg
+        # decided once per train(), not per micro-batch: does the student's forward take the task name?
+        self._pass_task = bool(task_kwarg) and task_kwarg in inspect.signature(unwrap(self.model_S).forward).parameters
         self._tau, self._postprocessors = tau, batch_postprocessors or {}
         super().train(optimizer, dataloaders, num_epochs=None, scheduler_class=scheduler_class,
                       scheduler_args=scheduler_args, scheduler=scheduler, max_grad_norm=max_grad_norm,
@@ -137,7 +140,7 @@ class MultiTaskDistiller(GeneralDistiller):
         batch_T, batch_S, cache = split_batch(move_to_device(batch.batch, self.device, non_blocking=True))
         results_T = self.teacher_side(batch_T, cache, args)
         student_args = dict(args)
-        if self.task_kwarg and self.task_kwarg in inspect.signature(unwrap(self.model_S).forward).parameters:
+        if self._pass_task:
             student_args[self.task_kwarg] = task
         results_S = self.student_results(batch_S, student_args, self.adaptors_S[task], f"adaptor_S[{task!r}]")
         loss, terms = self.compute_loss(results_S, results_T)
