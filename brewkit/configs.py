@@ -293,7 +293,10 @@ class DistillationConfig(_Config):
     brewkit additions: ``kd_temperature_squared`` (Hinton's tau^2 factor on the KD term; off by default as
     in TextBrewer), ``teacher_aggregation`` / ``teacher_weights`` for MultiTeacherDistiller, and
     ``is_caching_logits`` in every distiller and mode (teacher logits and the matched features are cached on
-    the CPU after the first pass).
+    the CPU after the first pass), and ``teacher_cache`` ('none' | 'memory' | 'disk'): the teacher's logits and
+    matched features stored per example (batches carry ``idx``), so that later epochs skip the teacher;
+    ``teacher_cache_dir`` (default ``<output_dir>/teacher_cache``) and ``teacher_cache_dtype`` (storage
+    precision: float32, float16 or bfloat16). See :mod:`brewkit.teacher_cache`.
     """
 
     temperature: float = 4
@@ -310,6 +313,9 @@ class DistillationConfig(_Config):
     kd_temperature_squared: bool = False
     teacher_aggregation: str = "logits_mean"
     teacher_weights: list | None = None
+    teacher_cache: str = "none"
+    teacher_cache_dir: str | None = None
+    teacher_cache_dtype: str = "float32"
 
     def __post_init__(self):
         from .presets import KD_LOSS_MAP, TEMPERATURE_SCHEDULER, WEIGHT_SCHEDULER
@@ -357,6 +363,15 @@ class DistillationConfig(_Config):
             raise ConfigError("probs_mean averages teacher probabilities at the base temperature; it cannot be "
                               "combined with a temperature_scheduler", "teacher_aggregation")
         self.intermediate_matches = self._matches(self.intermediate_matches)
+        _choice(self.teacher_cache, "teacher_cache", ["none", "memory", "disk"])
+        _choice(self.teacher_cache_dtype, "teacher_cache_dtype", ["float32", "float16", "bfloat16"])
+        if self.teacher_cache_dir is not None and (not isinstance(self.teacher_cache_dir, str)
+                                                   or not self.teacher_cache_dir):
+            raise ConfigError(f"must be a directory path or null, got {self.teacher_cache_dir!r}",
+                              "teacher_cache_dir")
+        if self.teacher_cache != "none" and self.is_caching_logits:
+            raise ConfigError("choose one cache: is_caching_logits (TextBrewer's, one pass kept in memory as "
+                              "batches) or teacher_cache (per example, memory or disk)", "teacher_cache")
 
     @staticmethod
     def _matches(ms):

@@ -32,6 +32,7 @@ import yaml
 
 from . import distributed
 from .configs import DistillationConfig, TrainingConfig, _Config, check_keys
+from .distillers.utils import split_example_index
 from .errors import AdaptorError, ConfigError
 
 SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
@@ -329,11 +330,7 @@ def _scheduler(sch: dict, total_steps: int):
 
 def drop_example_index(batch: Any) -> Any:
     """Batches carry ``idx`` (the example index, for caches); models must not receive it."""
-    if isinstance(batch, dict):
-        if "teacher" in batch and "student" in batch:
-            return {k: drop_example_index(v) for k, v in batch.items()}
-        return {k: v for k, v in batch.items() if k != "idx"}
-    return batch
+    return split_example_index(batch)[0]
 
 
 def _data_errors(fn):
@@ -355,6 +352,10 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     from .data import build_dataloaders
     from .models import build_model
 
+    from .distillers.utils import seed_everything
+
+    if run.training.seed is not None:  # randomly initialised weights and projections repeat under a seed
+        seed_everything(run.training.seed)
     num_labels = len(run.data.labels) if run.data.labels else None
     notes: list[str] = []
     teacher = tok_T = None
@@ -519,9 +520,11 @@ def train_run(run: RunConfig) -> dict:
             f.write(json.dumps(result) + "\n")
 
     o = run.optim
+    keep_index = b.distill_config is not None and b.distill_config.teacher_cache != "none"  # the engine takes it
     b.distiller.train(b.optimizer, b.train_loader, num_epochs=o.num_epochs, num_steps=o.num_steps,
                       scheduler_class=b.scheduler_class, scheduler_args=b.scheduler_args,
-                      max_grad_norm=o.max_grad_norm, callback=callback, batch_postprocessor=drop_example_index)
+                      max_grad_norm=o.max_grad_norm, callback=callback,
+                      batch_postprocessor=None if keep_index else drop_example_index)
     final = os.path.join(run.output_dir, "final")
     if not main:
         return {"rank": b.rank, "steps": b.distiller.global_step}

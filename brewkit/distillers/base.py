@@ -29,10 +29,11 @@ from ..checkpoint import latest_checkpoint, load_state, load_student, save_check
 from ..configs import NONE, DistillationConfig, TrainingConfig
 from ..errors import AdaptorError, BrewkitError, CheckpointError, ConfigError, NonFiniteLossError
 from ..logging_utils import MetricsWriter, ensure_default_handler, logger
+from ..teacher_cache import TeacherCache, fingerprint as cache_fingerprint
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, WEIGHT_SCHEDULER
 from .utils import (CachedCursor, LoaderCursor, batch_size_of, call_model, detach_to_cpu, get_rng_state,
                     UNITS, find_mask, move_to_device, probability_shift_, seed_everything,
-                    select_logits_with_mask, set_rng_state, split_batch, unit_counts)
+                    select_logits_with_mask, set_rng_state, split_batch, split_example_index, unit_counts)
 
 
 class CachedTeacherResults(dict):
@@ -91,6 +92,8 @@ class AbstractDistiller:
         self._validated = False
         self._stop_requested = False
         self._cache: list | None = None
+        self._tcache: TeacherCache | None = None  # d_config.teacher_cache: per-example teacher results
+        self._example_index: torch.Tensor | None = None  # the current micro-batch's idx (with _tcache)
         self.rank, self.world_size = 0, 1
         self._student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
         self._unit_scale: torch.Tensor | None = None
@@ -284,6 +287,44 @@ class AbstractDistiller:
         return sum(l.mean() for l in losses)
 
     # ---------------------------------------------------------------------------------------------------
+    # the per-example teacher cache (d_config.teacher_cache)
+    # ---------------------------------------------------------------------------------------------------
+    def cached_teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
+        """:meth:`teacher_side`, served from the per-example cache when every example of the batch is in it
+        (else the teacher runs and the batch's new examples are stored)."""
+        tcache = self._tcache
+        if tcache is None or cache is not None:
+            return self.teacher_side(batch_T, cache, args)
+        hit = tcache.get(self._example_index, batch_T)
+        if hit is not None:
+            return CachedTeacherResults(move_to_device(hit, self.device, non_blocking=True))
+        results = self.teacher_side(batch_T, cache, args)
+        tcache.put(self._example_index, batch_T, self.slim_teacher(results))
+        return results
+
+    def slim_teacher(self, results_T: dict) -> dict:
+        """The part of the teacher results the loss uses (what the caches keep)."""
+        return results_T
+
+    def _open_teacher_cache(self) -> None:
+        d = self.d_config
+        if d is None or d.teacher_cache == "none" or self._tcache is not None:
+            return
+        if not self.has_teacher or not hasattr(self, "teacher_side"):
+            raise ConfigError(f"{type(self).__name__} has no teacher to cache", "teacher_cache")
+        adaptors = getattr(self, "adaptors_T", None) or [self.adaptor_T]
+        parts = {"teacher_dtype": self.t_config.teacher_dtype, "distiller": type(self).__name__,
+                 "adaptors_T": [getattr(a, "__qualname__", type(a).__name__) for a in adaptors],
+                 "matches": [[m.feature, m.layer_T] for m in getattr(self, "matches", [])],
+                 "aggregation": [d.teacher_aggregation, d.teacher_weights, d.temperature]
+                 if len(self.teachers()) > 1 else None}
+        directory = d.teacher_cache_dir or os.path.join(self.t_config.output_dir, "teacher_cache")
+        self._tcache = TeacherCache(d.teacher_cache, cache_fingerprint(self.teachers(), parts),
+                                    d.teacher_cache_dtype, directory if d.teacher_cache == "disk" else None,
+                                    rank=self.rank)
+        logger.info("teacher cache (%s): %d examples cached already", d.teacher_cache, len(self._tcache))
+
+    # ---------------------------------------------------------------------------------------------------
     # batches
     # ---------------------------------------------------------------------------------------------------
     def _cache_teacher(self, cursor: LoaderCursor, args: dict) -> list:
@@ -326,6 +367,7 @@ class AbstractDistiller:
         if distributed.wanted(tc.local_rank):
             self.rank, self.world_size, self.device = distributed.setup(tc.local_rank, self.device)
         self._prepare_models()
+        self._open_teacher_cache()
         self._add_projections_to(optimizer)
         ddp = None
         if self.world_size > 1:
@@ -370,6 +412,7 @@ class AbstractDistiller:
         params = self.trainable_parameters()
         sums: dict[str, torch.Tensor] = {}
         micro, samples, skipped, t_log = 0, 0, 0, time.perf_counter()
+        cache_pass = cursor.pass_index
         logger.info("training %s for %d optimizer steps (%s)", type(self).__name__, total_steps,
                     f"{num_epochs} epochs x {steps_per_epoch} steps" if num_steps is None else "step mode")
         with self._sigint_guard():
@@ -385,8 +428,15 @@ class AbstractDistiller:
                         or is_checkpoint_step(upcoming))
                     scales = self._group_scales(group)
                     finite = torch.ones((), dtype=torch.bool, device=self.device)
+                    if self._tcache is not None and cursor.pass_index != cache_pass:
+                        cache_pass = cursor.pass_index  # a new pass: publish what this rank cached, read the rest
+                        self._tcache.flush()
+                        distributed.barrier(self.world_size)
+                        self._tcache.refresh()
                     for j, batch in enumerate(group):
                         self._unit_scale = scales[j] if scales is not None else None
+                        if self._tcache is not None:
+                            batch, self._example_index = split_example_index(batch)
                         batch = move_to_device(batch, self.device, non_blocking=True)
                         # DDP: gradients are all-reduced once per optimizer step, on its last micro-batch
                         sync = contextlib.nullcontext() if ddp is None or j == len(group) - 1 else ddp.no_sync()
@@ -440,6 +490,8 @@ class AbstractDistiller:
                     progress.close()
                 metrics.close()
                 self._restore_teacher_flags()
+                if self._tcache is not None:
+                    self._tcache.close()
                 if ddp is not None:  # release the DDP reducer now, while the process group is alive
                     self._student_forward = self.model_S
                     del ddp
@@ -583,11 +635,13 @@ class AbstractDistiller:
 
         return {"distiller": type(self).__name__, "student": describe(self.model_S),
                 "teachers": [describe(t) for t in self.teachers()],
-                "distillation_config": self.d_config.to_dict() if self.d_config is not None else None}
+                "distillation_config": _without_cache_keys(self.d_config.to_dict()) if self.d_config else None}
 
     def save(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict,
              save_total_limit: int | None = None) -> str | None:
         """Write ``checkpoint-{global_step}`` from rank 0 (with every rank's RNG state), between barriers."""
+        if self._tcache is not None:
+            self._tcache.flush()
         cur = cursor.state_dict()
         rng = get_rng_state()
         rng["cursor"] = cur
@@ -692,3 +746,8 @@ class _Mapped:
 
     def __iter__(self):
         return (self.fn(b) for b in self.loader)
+
+
+def _without_cache_keys(d: dict) -> dict:
+    """How the teacher is cached does not change what a checkpoint trained: resuming may switch it."""
+    return {k: v for k, v in d.items() if not k.startswith("teacher_cache")}

@@ -91,7 +91,7 @@ class BasicDistiller(AbstractDistiller):
     # -- the step ---------------------------------------------------------------------------------------
     def train_on_batch(self, batch: Any, args: dict):
         batch_T, batch_S, cache = split_batch(batch)
-        results_T = self.teacher_side(batch_T, cache, args)
+        results_T = self.cached_teacher_side(batch_T, cache, args)
         results_S = self.student_results(batch_S, args)
         return self.compute_loss(results_S, results_T)
 

@@ -71,6 +71,9 @@ class MultiTaskDistiller(GeneralDistiller):
     def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig, model_T: dict, model_S,
                  adaptor_T: dict | None = None, adaptor_S: dict | None = None):
         super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S)
+        if distill_config.teacher_cache != "none":
+            raise ConfigError("is not supported by MultiTaskDistiller (the tasks' example indices overlap); use "
+                              "is_caching_logits", "teacher_cache")
         tasks = list(self.model_T)
         for name, d in (("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
             if d is not None and (not isinstance(d, dict) or set(d) != set(tasks)):

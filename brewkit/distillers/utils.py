@@ -27,6 +27,18 @@ def move_to_device(x: Any, device: torch.device | str, non_blocking: bool = Fals
     return x
 
 
+def split_example_index(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """``(batch without 'idx', idx)``. ``idx`` (``[B]`` example indices, added by brewkit's loaders) is taken from
+    a mapping batch, or from its ``'student'`` / ``'teacher'`` parts; models never receive it."""
+    if not isinstance(batch, Mapping):
+        return batch, None
+    if "teacher" in batch and "student" in batch:
+        parts = {k: split_example_index(v) if k in ("teacher", "student") else (v, None) for k, v in batch.items()}
+        idx = parts["student"][1] if parts["student"][1] is not None else parts["teacher"][1]
+        return {k: v for k, (v, _) in parts.items()}, idx
+    return {k: v for k, v in batch.items() if k != "idx"}, batch.get("idx")
+
+
 def split_batch(batch: Any) -> tuple[Any, Any, Any]:
     """``(teacher_part, student_part, teacher_cache)``; the parts are the same object unless the batch is a
     Mapping with ``'teacher'`` and ``'student'`` keys (then ``'teacher_cache'``, if present, replaces the

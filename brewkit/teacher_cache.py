@@ -1,0 +1,391 @@
+"""Teacher outputs cached per example, so that epochs after the first skip the teacher's forward pass.
+
+``DistillationConfig(teacher_cache="memory" | "disk")``. Batches must be mappings carrying ``idx`` (the
+example's index; brewkit's data loaders add it). The first time an example is seen, the teacher runs and the
+part of its results the loss uses (``slim_teacher``: logits, logits mask, the matched layers) is stored for that
+example, *unpadded*: a ``(B, L, ...)`` tensor keeps the example's ``n`` real positions, a ``(B, H, L, L)``
+attention map its ``(H, n, n)`` block. When every example of a later batch is cached, the batch's teacher
+results are rebuilt from the store, zero-padded to the batch's length (losses mask padded positions, so the
+values there never count), and the teacher does not run.
+
+Stored, per example: the tensors (in ``teacher_cache_dtype``) and a hash of its token ids. A batch whose
+tokens differ from what was stored under the same index raises (the data changed). The whole store carries a
+fingerprint of the teacher's weights, its dtype, adaptor, the matched features and layers and the storage
+dtype; ``disk`` caches live in a directory that a later run with the same fingerprint reuses from its first
+step, and that a run with another fingerprint refuses to touch.
+
+On disk: ``meta.json`` (fingerprint, layout), ``data-rank{r}.bin`` (tensors, appended) and
+``index-rank{r}.safetensors`` (example index, offset, length, token hash), the index replaced atomically on
+each flush (checkpoints, the end of each pass, the end of training). Bytes past the last flushed index are
+discarded when the cache is reopened, so a killed run leaves a consistent cache behind. Under DDP every rank
+writes its own files and reads everyone's at the start of each pass (the memory cache is per process).
+
+The cache is exact when the teacher's output for an example does not depend on how its batch is padded: true
+for right padding (and for left padding with models that take ``position_ids`` from the mask), not for
+BERT-style absolute positions with left padding, where the first epoch's values are reused.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adaptors import AttentionProbs
+from .configs import _choice
+from .errors import CheckpointError, ConfigError
+
+FORMAT = 1
+MODES = ["none", "memory", "disk"]
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def fingerprint(teachers: Iterable[torch.nn.Module], parts: Mapping[str, Any]) -> str:
+    """sha256 over every teacher parameter and buffer (names, dtypes, shapes, bytes) and ``parts`` (JSON)."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for i, model in enumerate(teachers):
+        for name, t in model.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{i}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def token_hashes(input_ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """One 63-bit hash per row of the row's real tokens (padding, and which side it is on, ignored)."""
+    m = mask.bool()
+    return [int.from_bytes(hashlib.blake2b(ids[keep].long().numpy().tobytes(), digest_size=8).digest(), "little")
+            >> 1 for ids, keep in zip(input_ids.cpu(), m.cpu())]
+
+
+def _flatten(results: Mapping) -> tuple[list, list[torch.Tensor]]:
+    """``results`` -> (template, leaves): the structure (keys, list kinds, where the Nones are) and tensors."""
+    template, leaves = [], []
+    for key, value in results.items():
+        if isinstance(value, torch.Tensor):
+            template.append([key, "tensor", 1, [0]])
+            leaves.append(value)
+        elif isinstance(value, (list, tuple)):
+            present = [i for i, v in enumerate(value) if v is not None]
+            kind = "probs" if isinstance(value, AttentionProbs) else "list"
+            template.append([key, kind, len(value), present])
+            leaves += [value[i] for i in present]
+        elif value is not None:
+            raise ConfigError(f"teacher_cache stores tensors and lists of tensors; the teacher results' {key!r} is "
+                              f"a {type(value).__name__}", "teacher_cache")
+    return template, leaves
+
+
+def _unflatten(template: list, leaves: list[torch.Tensor]) -> dict:
+    out, it = {}, iter(leaves)
+    for key, kind, n, present in template:
+        if kind == "tensor":
+            out[key] = next(it)
+            continue
+        items: list = [None] * n
+        for i in present:
+            items[i] = next(it)
+        out[key] = AttentionProbs(items) if kind == "probs" else items
+    return out
+
+
+def _layout(key: str, t: torch.Tensor, length: int) -> str:
+    """How a batch tensor depends on the sequence: 'pair' (B, H, L, L), 'seq' (B, L, ...) or 'row'."""
+    if t.dim() == 4 and t.shape[-1] == t.shape[-2] == length:
+        return "pair"
+    if (t.dim() >= 3 or key.endswith("mask")) and t.dim() >= 2 and t.shape[1] == length:
+        return "seq"
+    return "row"
+
+
+class TeacherCache:
+    """Per-example teacher results, in memory or memory-mapped from ``directory``.
+
+    ``get(idx, batch_T)`` returns the batch's teacher results when every example is cached, else None;
+    ``put(idx, batch_T, results)`` stores the examples not cached yet. ``idx`` is ``[B]`` (example indices)
+    and ``batch_T`` the teacher's batch (its ``input_ids`` and attention mask give lengths and token hashes).
+    """
+
+    def __init__(self, mode: str, fingerprint: str, dtype: str = "float32", directory: str | None = None,
+                 rank: int = 0):
+        _choice(mode, "teacher_cache", ["memory", "disk"])
+        _choice(dtype, "teacher_cache_dtype", DTYPES)
+        if mode == "disk" and not directory:
+            raise ConfigError("a disk cache needs a directory", "teacher_cache_dir")
+        self.mode, self.fingerprint, self.rank = mode, fingerprint, rank
+        self.dtype = getattr(torch, dtype)
+        self._itemsize = torch.tensor([], dtype=self.dtype).element_size()
+        self.directory = directory
+        self.template: list | None = None
+        self.leaf_info: list[tuple[str, tuple, torch.dtype]] = []  # (layout, shape of one example's row, dtype)
+        self.hits = self.misses = 0
+        # example index -> (token hash, leaves) in memory, or (segment, offset, length, token hash) on disk
+        self._entries: dict[int, tuple] = {}
+        self._segments: dict[int, np.memmap | None] = {}
+        self._sizes: dict[int, int] = {}
+        self._writer = None
+        if mode == "disk":
+            self._open_directory()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- lookups ------------------------------------------------------------------------------------------
+    def get(self, idx: torch.Tensor, batch_T: Any) -> dict | None:
+        keys = _index_list(idx)
+        if self.template is None or any(k not in self._entries for k in keys):
+            self.misses += 1
+            return None
+        mask, ids = _mask_and_ids(batch_T)
+        hashes = token_hashes(ids, mask) if ids is not None else [None] * len(keys)
+        rows = []
+        for k, h in zip(keys, hashes):
+            entry = self._entries[k]
+            stored_hash = entry[0] if self.mode == "memory" else entry[3]
+            if h is not None and stored_hash != h:
+                raise CheckpointError(f"example idx={k}: its tokens differ from the ones the teacher cache holds for "
+                                      "that index; the data changed since the cache was written (delete "
+                                      f"{self.directory or 'the cache'} or use another teacher_cache_dir)")
+            rows.append(entry[1] if self.mode == "memory" else self._read(entry))
+        self.hits += 1
+        return _unflatten(self.template, self._assemble(rows, mask))
+
+    def put(self, idx: torch.Tensor, batch_T: Any, results: Mapping) -> None:
+        keys = _index_list(idx)
+        template, leaves = _flatten(results)
+        mask, ids = _mask_and_ids(batch_T)
+        if self.template is None:
+            self._set_layout(template, leaves, mask.shape[1])
+        elif template != self.template:
+            raise ConfigError("the teacher results changed structure between batches; teacher_cache needs the same "
+                              "keys and layers every batch", "teacher_cache")
+        hashes = token_hashes(ids, mask) if ids is not None else [0] * len(keys)
+        for b, (k, h) in enumerate(zip(keys, hashes)):
+            if k in self._entries:
+                continue
+            pos = mask[b].nonzero().flatten().cpu()
+            row = [_take(t[b], layout, pos).detach().to("cpu", self.dtype).clone()
+                   for t, (layout, _, _) in zip(leaves, self.leaf_info)]
+            if self.mode == "memory":
+                self._entries[k] = (h, row)
+            else:
+                self._append(k, h, len(pos), row)
+
+    # -- layout -------------------------------------------------------------------------------------------
+    def _set_layout(self, template: list, leaves: list[torch.Tensor], length: int) -> None:
+        info = []
+        for (key, *_), t in zip(_leaf_keys(template), leaves):
+            layout = _layout(key, t, length)
+            info.append((layout, tuple(t.shape[1:]), t.dtype))
+        meta = {"template": template, "leaves": [[lay, list(s), str(d).replace("torch.", "")] for lay, s, d in info]}
+        if self.mode == "disk":
+            known = self._meta.get("layout")
+            if known is not None and known != json.loads(json.dumps(meta)):
+                raise CheckpointError(f"the teacher cache in {self.directory} has another layout than this run's "
+                                      "teacher results; delete it or use another teacher_cache_dir")
+            self._meta["layout"] = meta
+            _write_json(os.path.join(self.directory, "meta.json"), self._meta)
+        self.template, self.leaf_info = template, info
+
+    def _load_layout(self, meta: dict) -> None:
+        self.template = meta["template"]
+        self.leaf_info = [(lay, tuple(s), getattr(torch, d)) for lay, s, d in meta["leaves"]]
+
+    def _assemble(self, rows: list[list[torch.Tensor]], mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per-example rows -> batch tensors zero-padded to the batch's mask."""
+        m = mask.bool().cpu()
+        B, L = m.shape
+        out = []
+        for j, (layout, shape, dtype) in enumerate(self.leaf_info):
+            parts = [r[j] for r in rows]
+            if layout == "row":
+                out.append(torch.stack(parts).to(dtype))
+                continue
+            if layout == "seq":
+                t = parts[0].new_zeros((B, L) + tuple(parts[0].shape[1:]))
+            else:
+                t = parts[0].new_zeros((B, parts[0].shape[0], L, L))
+            for b in range(B):
+                pos = m[b].nonzero().flatten()
+                n = len(pos)
+                if n == 0 and parts[b].numel() == 0:
+                    continue  # a row without real tokens stays all zeros
+                if n != parts[b].shape[0 if layout == "seq" else -1]:
+                    raise CheckpointError(f"example in row {b}: the batch has {n} real tokens but the teacher cache "
+                                          f"stored {parts[b].shape[0 if layout == 'seq' else -1]}; the data changed")
+                contiguous = int(pos[-1]) - int(pos[0]) == n - 1
+                s = slice(int(pos[0]), int(pos[0]) + n) if contiguous else pos
+                if layout == "seq":
+                    t[b, s] = parts[b]
+                elif contiguous:
+                    t[b, :, s, s] = parts[b]
+                else:
+                    t[b][:, pos[:, None], pos[None, :]] = parts[b]
+            out.append(t.to(dtype))
+        return out
+
+    # -- disk ---------------------------------------------------------------------------------------------
+    def _open_directory(self) -> None:
+        d = self.directory
+        os.makedirs(d, exist_ok=True)
+        meta_path = os.path.join(d, "meta.json")
+        if os.path.exists(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            if meta.get("format") != FORMAT or meta.get("fingerprint") != self.fingerprint or \
+                    meta.get("dtype") != str(self.dtype).replace("torch.", ""):
+                raise CheckpointError(
+                    f"the teacher cache in {d} was written for another teacher, data layout or setting (fingerprint "
+                    f"{str(meta.get('fingerprint'))[:12]}, dtype {meta.get('dtype')}; this run: "
+                    f"{self.fingerprint[:12]}, {str(self.dtype).replace('torch.', '')}); delete the directory or "
+                    "set teacher_cache_dir to another one")
+            self._meta = meta
+            if meta.get("layout"):
+                self._load_layout(meta["layout"])
+        else:
+            self._meta = {"format": FORMAT, "fingerprint": self.fingerprint,
+                          "dtype": str(self.dtype).replace("torch.", "")}
+            if self.rank == 0:
+                _write_json(meta_path, self._meta)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Disk) read every rank's flushed index; this rank's data file is cut back to its index."""
+        if self.mode != "disk":
+            return
+        for path in sorted(glob.glob(os.path.join(self.directory, "index-rank*.safetensors"))):
+            seg = int(os.path.basename(path)[len("index-rank"):-len(".safetensors")])
+            if seg == self.rank and self._writer is not None:
+                continue  # this rank's entries are already known
+            index = load_file(path)
+            for k, off, n, h in zip(index["idx"].tolist(), index["offset"].tolist(), index["length"].tolist(),
+                                    index["hash"].tolist()):
+                self._entries.setdefault(k, (seg, off, n, h))
+            self._sizes[seg] = int(index["end"].item())
+            self._segments[seg] = None  # (re)mapped on the next read
+        if self.template is None and self._meta.get("layout") is None:
+            meta_path = os.path.join(self.directory, "meta.json")
+            with open(meta_path, encoding="utf-8") as f:
+                layout = json.load(f).get("layout")
+            if layout:
+                self._meta["layout"] = layout
+                self._load_layout(layout)
+
+    def _data_path(self, seg: int) -> str:
+        return os.path.join(self.directory, f"data-rank{seg}.bin")
+
+    def _append(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
+        if self._writer is None:
+            path = self._data_path(self.rank)
+            end = self._sizes.get(self.rank, 0)
+            with open(path, "ab"):
+                pass
+            os.truncate(path, end * self._itemsize)  # drop what a killed run wrote after its last flushed index
+            self._writer = open(path, "ab")
+            self._own: list[tuple[int, int, int, int]] = [(kk, *e[1:]) for kk, e in self._entries.items()
+                                                          if e[0] == self.rank]
+        offset = self._sizes.get(self.rank, 0)
+        for t in row:
+            self._writer.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._sizes[self.rank] = offset + sum(t.numel() for t in row)
+        self._entries[k] = (self.rank, offset, n, h)
+        self._own.append((k, offset, n, h))
+        self._segments[self.rank] = None
+
+    def flush(self) -> None:
+        """(Disk) make everything written so far durable and visible: data fsynced, index replaced atomically."""
+        if self.mode != "disk" or self._writer is None:
+            return
+        self._writer.flush()
+        os.fsync(self._writer.fileno())
+        own = self._own
+        index = {"idx": torch.tensor([e[0] for e in own], dtype=torch.long),
+                 "offset": torch.tensor([e[1] for e in own], dtype=torch.long),
+                 "length": torch.tensor([e[2] for e in own], dtype=torch.long),
+                 "hash": torch.tensor([e[3] for e in own], dtype=torch.long),
+                 "end": torch.tensor([self._sizes.get(self.rank, 0)], dtype=torch.long)}
+        path = os.path.join(self.directory, f"index-rank{self.rank}.safetensors")
+        tmp = path + ".tmp"
+        save_file(index, tmp)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _read(self, entry: tuple) -> list[torch.Tensor]:
+        seg, offset, n, _ = entry
+        mm = self._segments.get(seg)
+        if mm is None:
+            if self._writer is not None and seg == self.rank:
+                self._writer.flush()
+            # only the flushed (or, for this rank, written) items: a killed writer may have left a partial tail
+            mm = np.memmap(self._data_path(seg), dtype={4: np.int32, 2: np.int16}[self._itemsize], mode="r",
+                           shape=(self._sizes[seg],))
+            self._segments[seg] = mm
+        row, pos = [], offset
+        for layout, shape, _ in self.leaf_info:
+            if layout == "row":
+                full = shape
+            elif layout == "seq":
+                full = (n,) + shape[1:]
+            else:
+                full = (shape[0], n, n)
+            size = int(np.prod(full)) if full else 1
+            row.append(torch.from_numpy(np.array(mm[pos:pos + size])).view(self.dtype).reshape(full))
+            pos += size
+        return row
+
+
+def _leaf_keys(template: list) -> list[tuple]:
+    return [(key,) for key, kind, n, present in template for _ in (present if kind != "tensor" else [0])]
+
+
+def _take(t: torch.Tensor, layout: str, pos: torch.Tensor) -> torch.Tensor:
+    """One example's tensor (batch dim removed) cut to its real positions ``pos``."""
+    if layout == "row":
+        return t
+    n = len(pos)
+    contiguous = n == 0 or int(pos[-1]) - int(pos[0]) == n - 1
+    s = slice(int(pos[0]), int(pos[0]) + n) if contiguous and n else pos.to(t.device)
+    if layout == "seq":
+        return t[s]
+    return t[:, s, s] if contiguous and n else t[:, pos[:, None].to(t.device), pos[None, :].to(t.device)]
+
+
+def _index_list(idx: Any) -> list[int]:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+        raise ConfigError("teacher_cache needs each batch to carry 'idx': a [B] integer tensor of example indices "
+                          "(brewkit's data loaders add it; with your own loader, add it in the collate function)",
+                          "teacher_cache")
+    return idx.tolist()
+
+
+def _mask_and_ids(batch_T: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from .distillers.utils import find_mask
+
+    ids = batch_T.get("input_ids") if isinstance(batch_T, Mapping) else None
+    mask = find_mask(batch_T)
+    if mask is None:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise ConfigError("teacher_cache needs the teacher's batch to have an attention_mask or [B, L] "
+                              "input_ids (it stores each example's real positions)", "teacher_cache")
+        mask = torch.ones_like(ids)
+    return mask.cpu(), ids.cpu() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
