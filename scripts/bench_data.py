@@ -33,7 +33,7 @@ MODES = {
 }
 
 
-def run_mode(name: str, teacher: str, out: str, steps: int | None) -> dict:
+def run_mode(name: str, teacher: str, out: str, steps: int | None, extra: list[str] = ()) -> dict:
     """Train the demo's student in one mode; time every optimizer step and record the batch lengths."""
     from brewkit import run
 
@@ -41,6 +41,7 @@ def run_mode(name: str, teacher: str, out: str, steps: int | None) -> dict:
                  "training.logging_steps=1000000", "training.progress_bar=false"]
     if steps:
         overrides.append(f"training.num_steps={steps}")
+    overrides += list(extra)
     cfg = run.load_run(CONFIG, overrides)
     stamps: list[float] = []
     collated: list[tuple[float, int]] = []  # (time, padded length) of every batch built
@@ -83,12 +84,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--modes", default="fixed,dynamic,grouped")
     p.add_argument("--out", default="runs/bench_data")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more run-file overrides")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not os.path.isdir(args.teacher):
         p.error(f"no teacher at {args.teacher}: run `python scripts/demo.py` first or pass --teacher")
     torch.set_num_threads(args.threads)
-    rows = [run_mode(m, args.teacher, args.out, args.steps) for m in args.modes.split(",")]
+    rows = [run_mode(m, args.teacher, args.out, args.steps, args.set) for m in args.modes.split(",")]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

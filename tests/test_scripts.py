@@ -1,0 +1,61 @@
+"""The demo and benchmark scripts run end to end on small settings and report what they claim to."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    results = _script("demo").main(["--quick", "--output-dir", str(out)])
+    return out, results
+
+
+def test_demo_quick_writes_results_with_every_field(quick_demo):
+    out, results = quick_demo
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == results
+    for key in ("teacher_accuracy", "student_accuracy", "baseline_accuracy"):
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["teacher_parameters"] > on_disk["student_parameters"] > 0
+    assert on_disk["quick"] is True
+    assert os.path.isfile(out / "teacher" / "final" / "model.safetensors")
+
+
+def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
+    out, _ = quick_demo
+    rows = _script("bench_data").main([
+        "--teacher", str(out / "teacher" / "final"), "--steps", "3", "--out", str(tmp_path), "--json",
+        "--set", "data.max_train_examples=96", "data.max_eval_examples=32"])
+    by = {r["mode"]: r for r in rows}
+    assert list(by) == ["fixed", "dynamic", "grouped"]
+    assert by["fixed"]["mean_batch_length"] == 64  # every training batch padded to max_length
+    assert by["dynamic"]["mean_batch_length"] < 64
+    assert by["grouped"]["mean_batch_length"] <= by["dynamic"]["mean_batch_length"]
+    for r in rows:
+        assert r["steps"] == 3 and r["median_step_s"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_bench_runs_every_loop_and_reports_ratios(tmp_path, capsys):
+    report = _script("bench").main(["--cache", "--student-own", "--steps", "3", "--rounds", "1", "--batches", "2",
+                                    "--out", str(tmp_path), "--json"])
+    assert set(report) >= {"brewkit", "hand", "student_own", "ratio_brewkit_over_hand",
+                           "ratio_brewkit_over_student_own"}
+    for loop in ("brewkit", "hand", "student_own"):
+        assert report[loop]["median_s"] > 0 and report[loop]["n"] == 1
+    assert report["ratio_brewkit_over_hand"] == pytest.approx(report["brewkit"]["median_s"] /
+                                                              report["hand"]["median_s"])
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index('{\n  "workload"'):]) == report
