@@ -36,6 +36,21 @@ class MetricsWriter:
             except ImportError:
                 logger.warning("log_dir is set but tensorboard is not installed; metrics go to metrics.jsonl only")
 
+    def drop_after(self, step: int) -> None:
+        """On resume from step ``step``: remove the records a killed run wrote past it (they are redone), so
+        that each step appears once. The file is replaced atomically."""
+        if not (self.path and os.path.exists(self.path)):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) == len(lines):
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
@@ -52,3 +67,13 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The ``step`` of a metrics line; lines that are not records (torn, or without a step) are kept."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return float("-inf") if line.endswith("\n") else float("inf")  # a torn last line (killed mid-write) goes
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) else float("-inf")

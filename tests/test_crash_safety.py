@@ -91,13 +91,16 @@ def _assert_last_complete_checkpoint(out, step, reference_out):
 def _assert_resume_matches(out, reference, from_step, **build_kw):
     """Resume to the end: only steps from_step+1 ... N run, and the weights equal the uninterrupted run's."""
     metrics = os.path.join(str(out), "metrics.jsonl")
-    offset = os.path.getsize(metrics) if os.path.exists(metrics) else 0
+    with open(metrics, encoding="utf-8") as f:
+        before = [json.loads(line)["step"] for line in f]
+    assert before[:from_step] == list(range(1, from_step + 1))  # the killed run logged past its checkpoint or not
     resumed = _run_to_end(out, resume=True, **build_kw)
     assert resumed.global_step == N
-    with open(metrics, "rb") as f:
-        f.seek(offset)
-        steps = [json.loads(line)["step"] for line in f.read().decode().splitlines()]
-    assert steps == list(range(from_step + 1, N + 1))  # it resumed, it did not start over
+    with open(metrics, encoding="utf-8") as f:
+        steps = [json.loads(line)["step"] for line in f]
+    # records the killed run wrote past the checkpoint were dropped and redone: every step once, in order (a
+    # run that started over would repeat 1..from_step)
+    assert steps == list(range(1, N + 1))
     for a, b in zip(resumed.trainable_parameters(), reference.trainable_parameters(), strict=True):
         assert (a.detach() - b.detach()).abs().max() <= 1e-6
 
@@ -272,3 +275,19 @@ def test_resume_with_a_different_teacher_or_config_is_refused(reference, tmp_pat
     distiller, optimizer, loader = crash_worker.build(str(out), resume=True, **change)
     with pytest.raises(CheckpointError):
         crash_worker.train(distiller, optimizer, loader)
+
+
+def test_metrics_writer_drops_records_past_the_resumed_step(tmp_path):
+    from brewkit.logging_utils import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)]
+    lines.insert(3, json.dumps({"step": 3, "eval_accuracy": 0.5}) + "\n")  # an eval record at the checkpoint
+    lines.insert(1, "not json, but a complete line\n")  # not ours to judge: kept
+    path.write_text("".join(lines) + '{"step": 6, "lo')  # torn by a kill mid-write: dropped
+    MetricsWriter(str(tmp_path), None).drop_after(3)
+    kept = path.read_text().splitlines()
+    assert kept[1] == "not json, but a complete line"
+    assert [json.loads(line)["step"] for i, line in enumerate(kept) if i != 1] == [1, 2, 3, 3]
+    MetricsWriter(str(tmp_path), None).drop_after(3)  # nothing past 3 left: the file is untouched
+    assert path.read_text().splitlines() == kept

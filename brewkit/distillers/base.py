@@ -407,6 +407,8 @@ class AbstractDistiller:
         if start is None:
             cursor.start_pass(0)
         metrics = MetricsWriter(tc.output_dir, tc.log_dir, enabled=self.rank == 0)
+        if start is not None:
+            metrics.drop_after(self.global_step)
         progress = self._progress_bar(total_steps)
         autocast = torch.autocast(self.device.type, dtype=tc.amp_dtype, enabled=tc.amp_dtype is not None)
         params = self.trainable_parameters()
