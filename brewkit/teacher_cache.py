@@ -67,7 +67,8 @@ def token_hashes(input_ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
 def _flatten(results: Mapping) -> tuple[list, list[torch.Tensor]]:
     """``results`` -> (template, leaves): the structure (keys, list kinds, where the Nones are) and tensors."""
     template, leaves = [], []
-    for key, value in results.items():
+    for key in sorted(results):  # one order in every process (the results' own order may follow a set's)
+        value = results[key]
         if isinstance(value, torch.Tensor):
             template.append([key, "tensor", 1, [0]])
             leaves.append(value)
@@ -251,8 +252,7 @@ class TeacherCache:
         else:
             self._meta = {"format": FORMAT, "fingerprint": self.fingerprint,
                           "dtype": str(self.dtype).replace("torch.", "")}
-            if self.rank == 0:
-                _write_json(meta_path, self._meta)
+            _write_json(meta_path, self._meta)  # under DDP every rank may write it: the same content
         self.refresh()
 
     def refresh(self) -> None:
@@ -269,8 +269,8 @@ class TeacherCache:
                 self._entries.setdefault(k, (seg, off, n, h))
             self._sizes[seg] = int(index["end"].item())
             self._segments[seg] = None  # (re)mapped on the next read
-        if self.template is None and self._meta.get("layout") is None:
-            meta_path = os.path.join(self.directory, "meta.json")
+        meta_path = os.path.join(self.directory, "meta.json")
+        if self.template is None and self._meta.get("layout") is None and os.path.exists(meta_path):
             with open(meta_path, encoding="utf-8") as f:
                 layout = json.load(f).get("layout")
             if layout:

@@ -119,3 +119,65 @@ def test_resume_under_ddp_matches_an_uninterrupted_run(tmp_path):
     resumed = _launch(tmp_path, "part", 2, 2, 2, resume=True)
     for a, b in zip(full, resumed):
         assert (a - b).abs().max() <= 1e-6
+
+
+def _run_cached(rank: int, world: int, port: int, out: str, mode: str) -> None:
+    """3 epochs of a tiny BERT GeneralDistiller on a shuffled, sharded loader; counts teacher forwards."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from conftest import tiny_bert
+
+    from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
+    from brewkit.data.collate import PadCollator
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(1, 50, (int(n),), generator=g).tolist(), "labels": i % 2, "idx": i}
+            for i, n in enumerate(torch.randint(3, 12, (32,), generator=g))]
+    teacher, student = tiny_bert(num_layers=4, seed=0), tiny_bert(num_layers=2, seed=1)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, shuffle=True, collate_fn=PadCollator(0))
+    tc = TrainingConfig(output_dir=out, device="cpu", seed=3, progress_bar=False, logging_steps=100)
+    dc = DistillationConfig(temperature=2, hard_label_weight=1, teacher_cache=mode, intermediate_matches=[
+        {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1},
+        {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse", "weight": 1}])
+    d = GeneralDistiller(tc, dc, teacher, student)
+    from brewkit.run import drop_example_index
+
+    d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=3,
+            batch_postprocessor=drop_example_index if mode == "none" else None)
+    torch.save({"calls": len(calls), "weights": [p.detach().clone() for p in d.trainable_parameters()]},
+               os.path.join(out, f"result_rank{rank}.pt"))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_teacher_cache_under_ddp_gives_the_uncached_update(tmp_path, mode):
+    """Each epoch reshuffles which rank sees which example. The disk cache shares every rank's entries at each
+    epoch start, so the teacher runs in epoch 1 only; the memory cache is per process, so later epochs miss the
+    examples the other rank cached. Either way the student equals the uncached DDP run's."""
+    results = {}
+    for m in ("none", mode):
+        out = str(tmp_path / m)
+        ctx = mp.start_processes(_run_cached, args=(2, _free_port(), out, m), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + 180
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"DDP run {m} did not finish in 180 s")
+        results[m] = [torch.load(os.path.join(out, f"result_rank{r}.pt"), weights_only=True) for r in range(2)]
+    for a, b in zip(results["none"][0]["weights"], results[mode][0]["weights"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    per_epoch = 32 // 4 // 2  # batches per rank and epoch
+    assert [r["calls"] for r in results["none"]] == [3 * per_epoch] * 2
+    cached_calls = [r["calls"] for r in results[mode]]
+    if mode == "disk":
+        assert cached_calls == [per_epoch] * 2
+    else:
+        assert all(per_epoch < c < 3 * per_epoch for c in cached_calls)

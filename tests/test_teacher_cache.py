@@ -549,3 +549,27 @@ def test_an_uncached_checkpoint_resumes_with_the_memory_cache(general, tmp_path)
     assert resumed.cache.hits + resumed.cache.misses == 6 and resumed.calls == resumed.cache.misses
     assert max_diff(general.none.student, resumed.student) <= 1e-6
     assert max_diff(general.none.student, part.student) > 1e-3  # the control: the partial run differs
+
+
+def test_the_stored_layout_does_not_depend_on_the_order_of_the_result_keys(tmp_path):
+    """Processes may build the results dict in different orders (a set's order follows PYTHONHASHSEED); a disk
+    cache written by one must read back right in another, and accept its writes."""
+    bt = {"input_ids": torch.tensor([[5, 6, 7], [8, 9, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    hidden = [torch.arange(24.).reshape(2, 3, 4), torch.arange(24., 48.).reshape(2, 3, 4)]
+    att = AttentionProbs([torch.arange(36.).reshape(2, 2, 3, 3)])
+    logits = [torch.tensor([[1., 2.], [3., 4.]])]
+    d = str(tmp_path / "c")
+    first = TeacherCache("disk", "fp", "float32", directory=d)
+    first.put(torch.tensor([0, 1]), bt, {"logits": logits, "hidden": hidden, "attention": att})
+    first.close()
+    second = TeacherCache("disk", "fp", "float32", directory=d, rank=1)
+    second.put(torch.tensor([2]), {k: v[:1] for k, v in bt.items()},
+               {"attention": AttentionProbs([att[0][:1]]), "hidden": [h[:1] for h in hidden], "logits": [logits[0][:1]]})
+    got = second.get(torch.tensor([1, 2]), {"input_ids": torch.tensor([[8, 9, 0], [5, 6, 7]]),
+                                            "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])})
+    assert torch.equal(got["logits"][0], torch.tensor([[3., 4.], [1., 2.]]))
+    assert torch.equal(got["hidden"][1][0, :2], hidden[1][1, :2]) and not got["hidden"][1][0, 2].any()
+    assert torch.equal(got["hidden"][0][1], hidden[0][0])
+    assert isinstance(got["attention"], AttentionProbs)
+    assert torch.equal(got["attention"][0][0, :, :2, :2], att[0][1, :, :2, :2])
+    assert torch.equal(got["attention"][0][1], att[0][0])

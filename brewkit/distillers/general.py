@@ -48,7 +48,7 @@ class GeneralDistiller(BasicDistiller):
 
     def slim_teacher(self, results_T: dict) -> dict:
         slim = super().slim_teacher(results_T)
-        for feature in self._needed_features():
+        for feature in sorted(self._needed_features()):
             layers = set()
             for m in self.matches:
                 if m.feature == feature:
