@@ -149,8 +149,8 @@ def test_multi_teacher_aggregation(tmp_path):
 
 
 class TaskToy(Toy):
-    def __init__(self):
-        super().__init__()
+    def __init__(self, **kw):
+        super().__init__(**kw)
         self.seen = []
 
     def forward(self, x, mask=None, labels=None, task=None):
@@ -399,3 +399,38 @@ def test_compile_option_trains_the_same_student(tmp_path):
     d.train(torch.optim.SGD(student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
     assert d._student_forward is not student  # the compiled wrapper was used for the forward pass
     assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path))
+
+
+def test_multi_task_resume_is_exact_with_shuffling_loaders(tmp_path):
+    """The task sampler's state and every task's loader position are checkpointed: a run stopped at step 5 and
+    resumed ends where the uninterrupted run ends, having drawn the same tasks."""
+    def run(out, stop_at=None, resume=False):
+        torch.manual_seed(11)
+        student = TaskToy(dropout=0.1)
+        teachers = {"a": Toy(d_h=8, n_layers=3), "b": Toy(d_h=8, n_layers=3)}
+        loaders = {t: torch.utils.data.DataLoader(ToyDataset(n, seed=s), batch_size=3, shuffle=True)
+                   for t, n, s in (("a", 12, 1), ("b", 6, 2))}
+        dc = DistillationConfig(temperature=2, hard_label_weight=1.0)
+        tc = tcfg(tmp_path, output_dir=str(tmp_path / out), ckpt_steps=1, seed=4,
+                  resume_from_checkpoint=resume or None)
+        d = MultiTaskDistiller(tc, dc, teachers, student, {t: toy_adaptor for t in teachers},
+                               {t: toy_adaptor for t in teachers})
+
+        def cb(model, step):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            d.train(torch.optim.AdamW(student.parameters(), lr=1e-2), loaders, num_steps=12, tau=1, callback=cb)
+        except KeyboardInterrupt:
+            pass
+        return d, student.seen
+
+    full, full_tasks = run("full")
+    _, first_tasks = run("part", stop_at=5)
+    resumed, resumed_tasks = run("part", resume=True)
+    assert resumed.global_step == 12
+    assert first_tasks[:5] + resumed_tasks == full_tasks  # the same task draws after the resume
+    assert len(set(full_tasks)) == 2
+    for a, b in zip(full.trainable_parameters(), resumed.trainable_parameters()):
+        assert (a - b).abs().max() <= 1e-6

@@ -197,6 +197,9 @@ def _set_epoch(loader: Any, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
+_END = object()  # a pass that has no more batches
+
+
 class LoaderCursor:
     """Iterates a data loader pass after pass and can restart exactly at a saved position.
 
@@ -211,6 +214,7 @@ class LoaderCursor:
         self.index = 0
         self.rng_at_start: torch.Tensor | None = None
         self._it = None
+        self._peeked: Any = None
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -231,10 +235,16 @@ class LoaderCursor:
         while self.index < skip:
             next(self._it)
             self.index += 1
+        # Fetch the pass's next batch now: a shuffling sampler draws its order from the global RNG on its first
+        # batch, and a replay from rng_at_start must see that draw at the same point (a multi-task run starts a
+        # task's pass long before it takes the task's first batch).
+        self._peeked = next(self._it, _END)
 
     def next(self) -> Any:
         """The next batch of the current pass; raises StopIteration at its end."""
-        batch = next(self._it)
+        batch, self._peeked = (self._peeked, None) if self._peeked is not None else (next(self._it), None)
+        if batch is _END:
+            raise StopIteration
         self.index += 1
         return batch
 
@@ -274,4 +284,5 @@ class CachedCursor(LoaderCursor):
         else:
             order = list(range(len(self.items)))
         self._it = iter([self.items[i] for i in order[skip:]])
+        self._peeked = None
         self.index = skip
