@@ -94,6 +94,7 @@ class AbstractDistiller:
         self._cache: list | None = None
         self._tcache: TeacherCache | None = None  # d_config.teacher_cache: per-example teacher results
         self._example_index: torch.Tensor | None = None  # the current micro-batch's idx (with _tcache)
+        self._cpu_batch_T: Any = None  # and its teacher part before the move to the device (cache keys)
         self.rank, self.world_size = 0, 1
         self._student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
         self._unit_scale: torch.Tensor | None = None
@@ -295,11 +296,12 @@ class AbstractDistiller:
         tcache = self._tcache
         if tcache is None or cache is not None:
             return self.teacher_side(batch_T, cache, args)
-        hit = tcache.get(self._example_index, batch_T)
+        keys_T = self._cpu_batch_T if self._cpu_batch_T is not None else batch_T
+        hit = tcache.get(self._example_index, keys_T)
         if hit is not None:
             return CachedTeacherResults(move_to_device(hit, self.device, non_blocking=True))
         results = self.teacher_side(batch_T, cache, args)
-        tcache.put(self._example_index, batch_T, self.slim_teacher(results))
+        tcache.put(self._example_index, keys_T, self.slim_teacher(results))
         return results
 
     def slim_teacher(self, results_T: dict) -> dict:
@@ -439,6 +441,7 @@ class AbstractDistiller:
                         self._unit_scale = scales[j] if scales is not None else None
                         if self._tcache is not None:
                             batch, self._example_index = split_example_index(batch)
+                            self._cpu_batch_T = split_batch(batch)[0]  # lengths and token hashes: no device sync
                         batch = move_to_device(batch, self.device, non_blocking=True)
                         # DDP: gradients are all-reduced once per optimizer step, on its last micro-batch
                         sync = contextlib.nullcontext() if ddp is None or j == len(group) - 1 else ddp.no_sync()
