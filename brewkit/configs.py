@@ -12,12 +12,29 @@ import difflib
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats, as YAML 1.2 does (PyYAML's YAML 1.1
+    rules read a mantissa without a dot, or an exponent without a sign, as a string)."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def safe_load(stream: Any) -> Any:
+    """``yaml.safe_load`` (no Python objects are ever built) with YAML 1.2 floats such as ``lr: 2e-4``."""
+    return yaml.load(stream, Loader=_SafeLoader)
 
 NONE = "none"
 
@@ -115,7 +132,7 @@ class _Config:
 
     @classmethod
     def from_yaml(cls, text: str):
-        return cls.from_dict(yaml.safe_load(text) or {})
+        return cls.from_dict(safe_load(text) or {})
 
     def replace(self, **changes):
         """A validated copy with some fields changed."""

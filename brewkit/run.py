@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from . import distributed
-from .configs import DistillationConfig, TrainingConfig, _Config, check_keys
+from .configs import DistillationConfig, TrainingConfig, _Config, check_keys, safe_load
 from .distillers.utils import split_example_index
 from .errors import AdaptorError, ConfigError
 
@@ -133,7 +133,7 @@ def apply_override(d: dict, assignment: str) -> None:
         raise ConfigError(f"expected KEY.PATH=VALUE, got {assignment!r}", "--set")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = safe_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"value of {key!r} is not valid YAML: {_one_line(e)}", "--set") from None
     node: Any = d
@@ -164,7 +164,7 @@ def apply_override(d: dict, assignment: str) -> None:
 
 
 def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
-    """Read (``yaml.safe_load``), apply ``--set`` overrides, import plugins, validate every section."""
+    """Read (safe YAML, with YAML 1.2 floats), apply ``--set`` overrides, import plugins, validate each section."""
     if isinstance(path_or_dict, dict):
         raw = copy.deepcopy(path_or_dict)
     elif not isinstance(path_or_dict, (str, os.PathLike)):
@@ -175,7 +175,7 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
             raise ConfigError(f"no such run file: {path_or_dict}")
         with open(path_or_dict, encoding="utf-8") as f:
             try:
-                raw = yaml.safe_load(f)
+                raw = safe_load(f)
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path_or_dict} is not valid YAML: {_one_line(e)}") from None
     if not isinstance(raw, dict):
@@ -349,7 +349,7 @@ def _data_errors(fn):
 def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     """Models, data, the distiller, the optimizer and the LR schedule for a run."""
     from . import BasicDistiller, BasicTrainer, GeneralDistiller
-    from .data import build_dataloaders
+    from .data import augmenter_for, build_dataloaders
     from .models import build_model
 
     from .distillers.utils import seed_everything
@@ -372,9 +372,13 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     rank, world = 0, 1
     if distributed.wanted(run.training.local_rank):  # under torchrun: each process trains on its shard
         rank, world, _ = distributed.setup(run.training.local_rank, torch.device(run.training.device))
+    augment = None
+    if run.data.augment is not None:  # neighbours from the teacher's embeddings (the student's when alone)
+        augment = _at("data", augmenter_for, run.data.augment, teacher if teacher is not None else student,
+                      tokenizer)
     train_loader, eval_loader = _data_errors(lambda: build_dataloaders(
         run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device,
-        num_replicas=world, rank=rank))
+        num_replicas=world, rank=rank, augment=augment))
     if world > 1 and eval_loader is not None:  # rank 0 evaluates on the whole eval split
         eval_loader = _data_errors(lambda: build_dataloaders(
             run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device))[1]
@@ -459,6 +463,10 @@ def validate_run(run: RunConfig) -> str:
     lines.append(f"data: {len(b.train_loader.dataset)} train / "
                  f"{len(b.eval_loader.dataset) if b.eval_loader is not None else 0} eval examples, "
                  f"{len(b.train_loader)} batches per epoch")
+    aug = run.data.augment
+    if aug is not None:
+        lines.append(f"augmentation: {aug.copies} altered cop{'y' if aug.copies == 1 else 'ies'} of each training "
+                     f"row (word replacement p={aug.replace_prob:g} from {aug.neighbours} embedding neighbours)")
     lines.append("loss terms:")
     dc = b.distill_config
     if dc is None:

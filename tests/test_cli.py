@@ -343,6 +343,18 @@ def test_validate_names_a_layer_index_out_of_range(assets, tmp_path):
     assert "valid indices 0..2" in line  # a 2-layer student has 3 hidden states: embeddings + 2 layers
 
 
+def test_augmented_run_trains_on_the_copies_and_validate_says_so(assets, tmp_path):
+    run_file = write_run(tmp_path / "run.yaml", run_dict(assets, tmp_path / "out"))
+    aug = "data.augment={copies: 2, replace_prob: 1.0, neighbours: 2}"
+    code, stdout, stderr = cli("validate", run_file, "--set", aug)
+    assert code == 0, stderr
+    assert "data: 96 train / 12 eval examples, 12 batches per epoch" in stdout  # 32 rows + 2 copies each
+    assert "augmentation: 2 altered copies of each training row (word replacement p=1" in stdout
+    code, stdout, stderr = cli("train", run_file, "--set", aug)
+    assert code == 0, stderr
+    assert parse_summary(stdout)["steps"] == "12"
+
+
 # -- --set ----------------------------------------------------------------------------------------------
 def test_set_overrides_values_parsed_as_yaml(assets, tmp_path):
     run_file = write_run(tmp_path / "run.yaml", run_dict(assets, tmp_path / "out"))
@@ -364,6 +376,22 @@ def test_set_overrides_values_parsed_as_yaml(assets, tmp_path):
     # the same thing without overrides: the file's values
     plain = load_run(run_file)
     assert plain.optim.optimizer["lr"] == 1e-3 and plain.training.seed == 0
+
+
+def test_exponent_floats_read_as_numbers_in_files_and_overrides(assets, tmp_path):
+    """PyYAML's YAML 1.1 rules read ``2e-4`` as a string; brewkit reads it as YAML 1.2 does (a float)."""
+    run_file = tmp_path / "run.yaml"
+    text = write_run(tmp_path / "base.yaml", run_dict(assets, tmp_path / "out"))
+    Path(run_file).write_text(Path(text).read_text().replace("lr: 0.001", "lr: 5e-4"))
+    assert load_run(str(run_file)).optim.optimizer["lr"] == 5e-4
+    run = load_run(str(run_file), ["training.optimizer.lr=2e-4", "training.optimizer.weight_decay=1E-2",
+                                   "distillation.temperature=+4e0"])
+    assert run.optim.optimizer["lr"] == 2e-4 and run.optim.optimizer["weight_decay"] == 0.01
+    assert run.distillation["temperature"] == 4.0
+    assert load_run(str(run_file), ["output_dir=1e5x"]).output_dir == "1e5x"  # not a number: still a string
+    with pytest.raises(ConfigError) as e:  # still a safe loader: no Python objects
+        load_run(str(run_file), ["output_dir=!!python/object/apply:os.getcwd []"])
+    assert e.value.path == "--set"
 
 
 def test_set_into_a_section_left_empty_in_the_file(assets, tmp_path):

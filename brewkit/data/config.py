@@ -14,6 +14,7 @@ from typing import Any
 from ..configs import _bool, _choice, _int, _is_int, check_keys
 from ..errors import ConfigError
 from ..paths import resolve_path
+from .augment import AugmentConfig
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -93,6 +94,8 @@ class DataConfig:
     similar length (see ``brewkit.data.sampler``). ``drop_last`` drops the last, partial
     training step (never eval rows).
     ``num_workers`` / ``pin_memory``: ``auto`` picks what suits the device (see ``build_dataloaders``).
+    ``augment``: altered copies of the training rows for the teacher to label (see
+    ``brewkit.data.augment``); null: none.
     ``cache_dir``: where tokenised data (and ``datasets``' copy of the files) is cached; null: tokenised
     data in ``$BREWKIT_CACHE`` or ``~/.cache/brewkit``, file copies in ``datasets``' own cache.
     """
@@ -119,6 +122,7 @@ class DataConfig:
     num_workers: int | str = "auto"
     pin_memory: bool | str = "auto"
     cache_dir: str | None = None
+    augment: AugmentConfig | dict | None = None
 
     def __post_init__(self):
         self.train_file = _name(self.train_file, "train_file")
@@ -167,6 +171,14 @@ class DataConfig:
         if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
             raise ConfigError(f"must be 'auto', true or false, got {self.pin_memory!r}", "pin_memory")
         self.cache_dir = _name(self.cache_dir, "cache_dir", allow_none=True)
+        if isinstance(self.augment, dict):
+            try:
+                self.augment = AugmentConfig.from_dict(self.augment)
+            except ConfigError as e:
+                raise e.at("augment") from None
+        elif not (self.augment is None or isinstance(self.augment, AugmentConfig)):
+            raise ConfigError("must be a mapping {copies, replace_prob, neighbours, seed} or null, "
+                              f"got {self.augment!r}", "augment")
 
     def _check_labels(self) -> None:
         if self.labels is None:
@@ -190,6 +202,7 @@ class DataConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["split"] = self.split.to_dict() if self.split is not None else None
         out["labels"] = list(self.labels) if self.labels is not None else None
+        out["augment"] = self.augment.to_dict() if self.augment is not None else None
         return out
 
     @classmethod

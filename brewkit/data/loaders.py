@@ -11,7 +11,7 @@ is better spent queueing kernels while workers pad the next batches (not measure
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import torch
@@ -84,7 +84,8 @@ def resolve_loader_settings(cfg: DataConfig, device: str | torch.device) -> dict
 
 
 def build_dataloaders(cfg: DataConfig, tokenizer_T, tokenizer_S=None, seed: int = 0, num_replicas: int = 1,
-                      rank: int = 0, device: str | torch.device = "cpu", base_dir: str | None = None):
+                      rank: int = 0, device: str | torch.device = "cpu", base_dir: str | None = None,
+                      augment: Callable[[dict], dict] | None = None):
     """``(train_loader, eval_loader)``; ``eval_loader`` is None when the config has no eval set.
 
     Batches are dicts of tensors (see :class:`PadCollator`). When ``tokenizer_S`` is given and tokenizes
@@ -93,9 +94,10 @@ def build_dataloaders(cfg: DataConfig, tokenizer_T, tokenizer_S=None, seed: int 
     :class:`RandomBatchSampler` (or :class:`LengthGroupedBatchSampler`); call
     ``loader.batch_sampler.set_epoch(epoch)`` every epoch. Under DDP (``num_replicas`` > 1) both loaders
     are sharded: every rank gets the same number of batches and, together, every example once, so
-    evaluation results must be gathered across ranks (by ``idx``).
+    evaluation results must be gathered across ranks (by ``idx``). ``augment`` grows the training rows (see
+    :func:`load_splits`); the eval loader never sees altered rows.
     """
-    train, evaluation = load_splits(cfg, base_dir)
+    train, evaluation = load_splits(cfg, base_dir, augment)
     paired = tokenizer_S is not None and tokenizer_fingerprint(tokenizer_S) != tokenizer_fingerprint(tokenizer_T)
     pad = {"padding": cfg.padding, "max_length": cfg.max_length, "pad_to_multiple_of": cfg.pad_to_multiple_of}
     collate = PadCollator.for_tokenizer(tokenizer_T, **pad)

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from .config import DataConfig, SplitRule, resolve_data_path
@@ -185,10 +185,12 @@ def _to_dataset(rows: dict[str, list]):
     return datasets.Dataset.from_dict(rows, features=datasets.Features({k: features[k] for k in rows}))
 
 
-def load_splits(cfg: DataConfig, base_dir: str | None = None):
+def load_splits(cfg: DataConfig, base_dir: str | None = None, augment: Callable[[dict], dict] | None = None):
     """``(train, eval)`` datasets for ``cfg``; eval is None when there is neither ``eval_file`` nor ``split``.
 
-    ``base_dir`` anchors relative file paths (e.g. the directory of the run's YAML file).
+    ``base_dir`` anchors relative file paths (e.g. the directory of the run's YAML file). ``augment`` (e.g. a
+    :class:`~brewkit.data.augment.NeighbourAugmenter`) maps the training rows, as a dict of column lists, to
+    the rows plus their altered copies; the eval rows are never augmented.
     """
     rule = cfg.split
     train = _examples(cfg, read_table(cfg, "train_file", base_dir), "train_file",
@@ -199,7 +201,12 @@ def load_splits(cfg: DataConfig, base_dir: str | None = None):
     elif rule is not None:
         train, evaluation = split_by_group(train, rule)
     seed = rule.seed if rule is not None else 0
-    train = _to_dataset(_subset(train, cfg.max_train_examples, seed))
+    train = _subset(train, cfg.max_train_examples, seed)
+    if augment is not None:
+        n = len(train["text"])
+        train = augment(train)
+        logger.info("augmentation: %d training rows -> %d", n, len(train["text"]))
+    train = _to_dataset(train)
     if evaluation is not None:
         evaluation = _to_dataset(_subset(evaluation, cfg.max_eval_examples, seed))
     return train, evaluation
