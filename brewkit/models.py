@@ -139,7 +139,8 @@ class ModelSpec:
     ``init_from_teacher`` (it then takes the teacher's config with ``num_hidden_layers = len(layers)``).
     ``tokenizer`` defaults to the model directory for ``path`` models; for ``config`` / ``builder`` models
     the caller uses the teacher's tokenizer. ``args`` and ``attn_implementation`` go to the builder and to
-    Hugging Face respectively; a builder decides its own attention implementation.
+    Hugging Face respectively; a builder decides its own attention implementation. ``keep_layers: [0, 2, 4]``
+    (with ``path``) keeps only those transformer blocks of the pretrained model (see :func:`keep_layers`).
     """
 
     path: str | None = None
@@ -150,6 +151,7 @@ class ModelSpec:
     num_labels: int | None = None
     tokenizer: str | None = None
     init_from_teacher: dict | None = None
+    keep_layers: list | None = None
     attn_implementation: str = "eager"
     dtype: str | None = None
     freeze: list | None = None
@@ -201,6 +203,14 @@ class ModelSpec:
                 raise ConfigError("is required: the teacher layers to copy, e.g. [0, 2, 4]",
                                   "init_from_teacher.layers")
             self.init_from_teacher = {"layers": _check_layers(self.init_from_teacher["layers"])}
+        if self.keep_layers is not None:
+            self.keep_layers = _check_layers(self.keep_layers, "keep_layers")
+            if self.path is None:
+                raise ConfigError("keeps layers of a pretrained model, so it needs path (with config or builder, "
+                                  "set the number of layers there)", "keep_layers")
+            if self.init_from_teacher is not None:
+                raise ConfigError("init_from_teacher and keep_layers both choose the student's layers; give one",
+                                  "keep_layers")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ConfigError(f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}; "
                               f"got {self.attn_implementation!r}", "attn_implementation")
@@ -389,6 +399,8 @@ def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Modu
             n_labels = teacher_config.num_labels
         model = _from_config(spec, config, n_labels)
 
+    if spec.keep_layers is not None:
+        model = keep_layers(model, spec.keep_layers, spec)
     if spec.tokenizer is not None:
         tokenizer = load_tokenizer(spec.tokenizer, base_dir)
     if spec.init_from_teacher is not None:
@@ -396,6 +408,28 @@ def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Modu
     if spec.freeze:
         freeze_parameters(model, spec.freeze)
     return model.eval(), tokenizer
+
+
+def keep_layers(model: nn.Module, layers: list[int], spec: ModelSpec | None = None) -> nn.Module:
+    """A copy of ``model`` with only the transformer blocks ``layers`` (in that order), plus its embeddings,
+    pooler and head: DistilBERT's way to start a student from a pretrained model (e.g. layers [0, 2, 4] of
+    6). ``spec`` gives the attention implementation and dtype of the copy. Errors name ``keep_layers``."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, transformers.PretrainedConfig):
+        raise ConfigError(f"{type(model).__name__} has no Hugging Face config", "keep_layers")
+    small_config = copy.deepcopy(config)
+    small_config.num_hidden_layers = len(layers)
+    spec = spec or ModelSpec(path=".")
+    small = _auto_class(spec.task).from_config(small_config, attn_implementation=spec.attn_implementation,
+                                               **_dtype_kwargs(spec, checkpoint=False))
+    try:
+        init_from_teacher(small, model, layers)
+    except ConfigError as e:  # the copy reports at init_from_teacher...; the user wrote keep_layers
+        path = (e.path or "").replace("init_from_teacher.layers", "keep_layers").replace("init_from_teacher",
+                                                                                         "keep_layers")
+        message = e.message.replace("teacher layer", "layer").replace("the teacher has", "the model has")
+        raise ConfigError(message, path) from None
+    return small
 
 
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:

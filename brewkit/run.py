@@ -363,7 +363,9 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
         teacher, tok_T = _at("teacher", build_model, run.teacher, num_labels)
     student, tok_S = _at("student", build_model, run.student, num_labels, teacher)
     report = getattr(student, "brewkit_init_report", None)
-    if report:
+    if run.student.keep_layers is not None:
+        notes.append(f"student keeps layers {run.student.keep_layers} of {run.student.path}")
+    elif report:
         notes.append(f"student initialised from teacher: {report}")
     tokenizer = tok_T or tok_S
     if tokenizer is None:

@@ -146,6 +146,34 @@ def test_pkg_path_loads_the_real_minilm():
     assert describe_model(model) == f"BertModel: 6 layers, hidden 384, {millions:.2f}M parameters"
 
 
+def test_keep_layers_of_a_saved_model(tmp_path):
+    saved = tiny_teacher(layers=5, num_labels=3)
+    saved.save_pretrained(tmp_path / "full")
+    model, _ = build_model(ModelSpec(path=str(tmp_path / "full"), keep_layers=[0, 2, 4]))
+    assert model.config.num_hidden_layers == 3 and len(model.bert.encoder.layer) == 3
+    assert saved.config.num_hidden_layers == 5
+    for i, t in enumerate([0, 2, 4]):
+        assert_same_state(model.bert.encoder.layer[i], saved.bert.encoder.layer[t])
+    for part in ("embeddings", "pooler"):
+        assert_same_state(getattr(model.bert, part), getattr(saved.bert, part))
+    assert_same_state(model.classifier, saved.classifier)
+    with pytest.raises(ConfigError) as e:
+        build_model(ModelSpec(path=str(tmp_path / "full"), keep_layers=[0, 7]))
+    assert e.value.path == "keep_layers[1]" and "layer 7 does not exist: the model has 5 layers" in str(e.value)
+
+
+def test_keep_layers_of_the_real_minilm_with_a_new_head():
+    model, tok = build_model(ModelSpec(path=MINILM, keep_layers=[0, 2, 4]), num_labels=2)
+    assert type(model) is transformers.BertForSequenceClassification and tok is not None
+    weights = load_file(resolve_model_path(MINILM) + "/model.safetensors")
+    state = model.state_dict()
+    for i, t in enumerate([0, 2, 4]):
+        key = "encoder.layer.{}.attention.self.query.weight"
+        assert torch.equal(state["bert." + key.format(i)], weights[key.format(t)])
+    assert torch.equal(state["bert.embeddings.word_embeddings.weight"], weights["embeddings.word_embeddings.weight"])
+    assert model.classifier.weight.shape == (2, 384) and len(model.bert.encoder.layer) == 3
+
+
 # -- init_from_teacher --------------------------------------------------------------------------------------
 def test_student_from_teacher_copies_exactly_the_chosen_layers():
     teacher = tiny_teacher(layers=5, num_labels=3)
@@ -265,6 +293,10 @@ BAD_SPECS = [
     ({"config": TINY, "attn_implementation": "fast"}, "attn_implementation", "eager, sdpa"),
     ({"config": TINY, "dtype": "float64"}, "dtype", "float32, float16, bfloat16, auto"),
     ({"path": ""}, "path", "non-empty string"),
+    ({"config": TINY, "keep_layers": [0]}, "keep_layers", "needs path"),
+    ({"path": "x", "keep_layers": []}, "keep_layers", "at least one"),
+    ({"path": "x", "keep_layers": [0, "x"]}, "keep_layers[1]", "layer index"),
+    ({"path": "x", "keep_layers": [0], "init_from_teacher": {"layers": [0]}}, "keep_layers", "give one"),
     ({"path": "pkg://only-a-dist"}, "path", "pkg://DISTRIBUTION/relative/path"),
     ({"path": "x", "tokenizer": 5}, "tokenizer", "non-empty string"),
 ]
@@ -359,15 +391,18 @@ def test_to_dict_round_trips_through_yaml_and_json():
              ModelSpec(config=TINY, task="token_classification", dtype="bfloat16",
                        init_from_teacher={"layers": (0, 2)}),
              ModelSpec(builder="tiny_bert", args={"hidden_size": 8, "seed": 1}, attn_implementation="sdpa"),
-             ModelSpec(init_from_teacher={"layers": [1]}, task="masked_lm")]
+             ModelSpec(init_from_teacher={"layers": [1]}, task="masked_lm"),
+             ModelSpec(path=MINILM, keep_layers=(0, 2, 4))]
     for spec in specs:
         d = spec.to_dict()
         assert ModelSpec.from_dict(yaml.safe_load(yaml.safe_dump(d))) == spec
         assert ModelSpec.from_dict(json.loads(json.dumps(d))) == spec
     assert specs[1].to_dict()["init_from_teacher"] == {"layers": [0, 2]}
     assert set(specs[0].to_dict()) == {"path", "config", "builder", "args", "task", "num_labels", "tokenizer",
-                                       "init_from_teacher", "attn_implementation", "dtype", "freeze"}
-    assert [s.source for s in specs] == ["path", "config", "builder", "teacher"]
+                                       "init_from_teacher", "keep_layers", "attn_implementation", "dtype",
+                                       "freeze"}
+    assert specs[4].to_dict()["keep_layers"] == [0, 2, 4]
+    assert [s.source for s in specs] == ["path", "config", "builder", "teacher", "path"]
 
 
 def test_count_parameters_matches_the_bert_formula_and_describe_model():

