@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             summary = run.train_run(cfg)
             print(run.format_summary(summary))
+            if summary.get("interrupted"):
+                print(f"interrupted at step {summary['steps']}: checkpoint saved in {summary['checkpoint']}; "
+                      f"{summary['resume']}", file=sys.stderr)
+                return 130
         elif args.command == "eval":
             print(run.format_summary(run.eval_run(cfg, args.checkpoint)))
         return 0

@@ -538,6 +538,15 @@ def train_run(run: RunConfig) -> dict:
     final = os.path.join(run.output_dir, "final")
     if not main:
         return {"rank": b.rank, "steps": b.distiller.global_step}
+    if b.distiller.interrupted:  # Ctrl-C: the checkpoint is written; a final/ now would pass for a finished run
+        from .checkpoint import latest_checkpoint
+
+        summary = {"output_dir": run.output_dir, "interrupted": True, "steps": b.distiller.global_step,
+                   "checkpoint": latest_checkpoint(run.output_dir),
+                   "resume": "run again with --set training.resume_from_checkpoint=true",
+                   "train_seconds": round(time.perf_counter() - t0, 1)}
+        write_json(os.path.join(run.output_dir, "summary.json"), summary)
+        return summary
     b.student.save_pretrained(final, safe_serialization=True)
     b.tokenizer.save_pretrained(final)
     summary = {"output_dir": run.output_dir, "final_model": final, "steps": b.distiller.global_step,

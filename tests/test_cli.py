@@ -665,3 +665,45 @@ def test_python_m_brewkit_presets(tmp_path):
                                                                         "pkd", "fsp", "mmd"}
     assert [line.split()[0] for line in sections["MODEL_BUILDERS"]] == ["tiny_bert"]
     assert [line.split()[0] for line in sections["LAYER_MAPS"]] == ["proportional", "uniform", "last"]
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(assets, tmp_path):
+    """SIGINT to ``brewkit train``: the step in flight finishes, a checkpoint is written, no ``final/`` (the run
+    is not finished), exit status 130 with one line saying how to resume; resuming completes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    d = run_dict(assets, out)
+    d["training"].update({"num_epochs": None, "num_steps": 400})
+    run_file = write_run(tmp_path / "run.yaml", d)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "brewkit", "train", run_file], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 90
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    summary = parse_summary(stdout)
+    step = int(summary["steps"])
+    assert 2 <= step < 400 and summary["interrupted"] == "True"
+    assert summary["checkpoint"] == str(out / f"checkpoint-{step}")
+    assert os.path.isfile(out / f"checkpoint-{step}" / "model.safetensors")
+    assert not (out / "final").exists()
+    [line] = [ln for ln in stderr.splitlines() if ln.startswith("interrupted")]
+    assert line == (f"interrupted at step {step}: checkpoint saved in {out / f'checkpoint-{step}'}; "
+                    "run again with --set training.resume_from_checkpoint=true")
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+
+    code, stdout, stderr = cli("train", run_file, "--set", "training.resume_from_checkpoint=true")
+    assert code == 0, stderr
+    assert parse_summary(stdout)["steps"] == "400"
+    assert os.path.isfile(out / "final" / "model.safetensors")
+    steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 401))  # each step logged once across the interrupt

@@ -434,3 +434,27 @@ def test_multi_task_resume_is_exact_with_shuffling_loaders(tmp_path):
     assert len(set(full_tasks)) == 2
     for a, b in zip(full.trainable_parameters(), resumed.trainable_parameters()):
         assert (a - b).abs().max() <= 1e-6
+
+
+def test_request_stop_saves_a_checkpoint_and_marks_the_run_interrupted(tmp_path):
+    """``request_stop()`` (what Ctrl-C calls) ends train() after the current step with a checkpoint of it;
+    ``interrupted`` tells an early stop from a finished run, and the next train() clears it."""
+    torch.manual_seed(0)
+    teacher, student = Toy(d_h=8, n_layers=3), Toy(d_h=6, n_layers=2)
+    d = BasicDistiller(tcfg(tmp_path, ckpt_steps=1), DistillationConfig(), teacher, student, toy_adaptor,
+                       toy_adaptor)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    batches = toy_batches(6)
+
+    def stop_at_3(model, step):  # the callback runs after each checkpoint: every step here
+        if step == 3:
+            d.request_stop()
+
+    d.train(opt, batches, num_steps=10, callback=stop_at_3)
+    assert d.interrupted and d.global_step == 3  # checkpoint-3 was written just before the callback asked
+    assert sorted(os.listdir(tmp_path / "out")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "metrics.jsonl"]
+    d.train(opt, batches, num_steps=2)
+    assert not d.interrupted and d.global_step == 2
+
+    d.train(opt, batches, num_steps=2, callback=lambda model, step: step == 2 and d.request_stop())
+    assert not d.interrupted and d.global_step == 2  # a stop asked for on the last step: the run is complete

@@ -91,6 +91,7 @@ class AbstractDistiller:
         self.weights = self._initial_weights()
         self._validated = False
         self._stop_requested = False
+        self.interrupted = False  # the last train() stopped early on Ctrl-C or request_stop(), after a checkpoint
         self._cache: list | None = None
         self._tcache: TeacherCache | None = None  # d_config.teacher_cache: per-example teacher results
         self._example_index: torch.Tensor | None = None  # the current micro-batch's idx (with _tcache)
@@ -404,6 +405,7 @@ class AbstractDistiller:
             return eligible and (g % steps_per_epoch) in ckpt_points
 
         self.global_step = 0
+        self.interrupted = False
         self.weights = self._initial_weights()
         start = self._resume(optimizer, scheduler, scaler, cursor, plan)
         if start is None:
@@ -487,8 +489,10 @@ class AbstractDistiller:
                             logger.info("running callback at step %d", self.global_step)
                             callback(model=self.model_S, step=self.global_step)
                             self.model_S.train()
-                    if stop:
+                            stop = self._stop_requested  # the callback asked to stop: this checkpoint serves
+                    if stop and self.global_step < total_steps:
                         logger.warning("interrupted: saved a checkpoint at step %d and stopped", self.global_step)
+                        self.interrupted = True
                         break
             finally:
                 if progress is not None:
