@@ -1,18 +1,24 @@
 """The demo: distill a fine-tuned MiniLM-L6 into a 3-layer student on Rotten Tomatoes, offline, on CPU.
 
     python scripts/demo.py [--output-dir runs/demo] [--quick]
+    python scripts/demo.py --teacher runs/demo/teacher/final --seeds 0 1 2 --output-dir runs/demo_seeds
 
 Stage 1 fine-tunes the teacher (configs/demo_teacher.yaml), stage 2 distills it into a 3-layer student
 initialised from teacher layers 0, 2, 4 (configs/demo_distill.yaml: soft + hard labels + hidden and attention
 matches), stage 3 trains the same 3-layer student without a teacher, on the labels alone, from layers 0, 2, 4 of
 the pretrained MiniLM-L6 (configs/demo_baseline.yaml). It prints a table and
 writes OUTPUT_DIR/results.json. ``--quick`` runs a few steps on a small subset (for the tests).
+
+``--seeds S ...`` checks that the gap is not one seed's luck: it runs stages 2 and 3 once per training seed
+(the same teacher for all: ``--teacher DIR`` reuses a fine-tuned one, otherwise stage 1 runs first), prints the
+gap per seed with its mean and standard deviation, and writes OUTPUT_DIR/seeds.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -21,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 QUICK = ["data.max_train_examples=96", "data.max_eval_examples=64", "training.num_epochs=1",
-         "training.logging_steps=1"]
+         "training.num_steps=null", "training.logging_steps=1"]
 
 
 def stage(name: str, overrides: list[str]) -> dict:
@@ -30,6 +36,8 @@ def stage(name: str, overrides: list[str]) -> dict:
     cfg = run.load_run(os.path.join(CONFIGS, f"demo_{name}.yaml"), overrides)
     t0 = time.perf_counter()
     summary = run.train_run(cfg)
+    if summary.get("interrupted"):
+        sys.exit(f"demo stage {name!r} interrupted at step {summary['steps']}; checkpoint in {summary['checkpoint']}")
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return summary
 
@@ -39,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few steps on a small subset (tests)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--teacher", default=None, help="a fine-tuned teacher directory to reuse (skips stage 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run stages 2 and 3 once per training seed and report the gap per seed")
     args = p.parse_args(argv)
     import torch
 
@@ -46,11 +57,20 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     out = args.output_dir
     extra = QUICK if args.quick else []
-    teacher_dir = os.path.join(out, "teacher")
     t0 = time.perf_counter()
-    teacher = stage("teacher", [f"output_dir={teacher_dir}", *extra])
+    teacher, teacher_final = None, args.teacher
+    if teacher_final is None:
+        teacher_dir = os.path.join(out, "teacher")
+        teacher = stage("teacher", [f"output_dir={teacher_dir}", *extra])
+        teacher_final = os.path.join(teacher_dir, "final")
+    elif not os.path.isfile(os.path.join(teacher_final, "config.json")):
+        p.error(f"--teacher {teacher_final}: not a model directory (no config.json)")
+    if args.seeds:
+        return _seeds(args.seeds, teacher_final, out, extra)
+    if teacher is None:
+        p.error("--teacher reuses a teacher only with --seeds; the demo itself trains its own")
     student = stage("distill", [f"output_dir={os.path.join(out, 'student')}",
-                                f"teacher.path={os.path.join(teacher_dir, 'final')}", *extra])
+                                f"teacher.path={teacher_final}", *extra])
     baseline = stage("baseline", [f"output_dir={os.path.join(out, 'baseline')}", *extra])
     results = {
         "teacher_accuracy": teacher["eval_accuracy"],
@@ -78,6 +98,38 @@ def main(argv: list[str] | None = None) -> dict:
     for name, params, acc, secs in rows:
         print(f"{name:<34}{params / 1e6:>11.1f}M{acc:>10.2%}{secs:>9.0f}")
     print(f"total {results['total_seconds']:.0f} s; results in {os.path.join(out, 'results.json')}")
+    return results
+
+
+def _seeds(seeds: list[int], teacher_final: str, out: str, extra: list[str]) -> dict:
+    """Stages 2 and 3 once per training seed (data split, teacher and every other setting unchanged)."""
+    rows = []
+    for s in seeds:
+        sub = os.path.join(out, f"seed{s}")
+        student = stage("distill", [f"output_dir={os.path.join(sub, 'student')}", f"teacher.path={teacher_final}",
+                                    f"training.seed={s}", *extra])
+        baseline = stage("baseline", [f"output_dir={os.path.join(sub, 'baseline')}", f"training.seed={s}", *extra])
+        rows.append({"seed": s, "student_accuracy": student["eval_accuracy"],
+                     "baseline_accuracy": baseline["eval_accuracy"],
+                     "gap": student["eval_accuracy"] - baseline["eval_accuracy"]})
+        print(f"seed {s}: distilled {rows[-1]['student_accuracy']:.2%}, baseline {rows[-1]['baseline_accuracy']:.2%}",
+              flush=True)
+    gaps = [r["gap"] for r in rows]
+    results = {"teacher": teacher_final, "seeds": rows,
+               "student_mean": statistics.mean(r["student_accuracy"] for r in rows),
+               "baseline_mean": statistics.mean(r["baseline_accuracy"] for r in rows),
+               "gap_mean": statistics.mean(gaps),
+               "gap_stdev": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+               "gap_min": min(gaps), "quick": bool(extra)}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "seeds.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"\n{'seed':>6}{'distilled':>11}{'baseline':>10}{'gap':>8}")
+    for r in rows:
+        print(f"{r['seed']:>6}{r['student_accuracy']:>11.2%}{r['baseline_accuracy']:>10.2%}{r['gap'] * 100:>+7.2f}")
+    print(f"{'mean':>6}{results['student_mean']:>11.2%}{results['baseline_mean']:>10.2%}"
+          f"{results['gap_mean'] * 100:>+7.2f}  (gap sd {results['gap_stdev'] * 100:.2f}, "
+          f"smallest {results['gap_min'] * 100:+.2f})")
     return results
 
 

@@ -48,6 +48,35 @@ def test_demo_baseline_never_sees_the_teacher(quick_demo):
     assert distilled["student"]["init_from_teacher"] == {"layers": [0, 2, 4]}
 
 
+def test_demo_seeds_reuses_the_teacher_and_reports_each_gap(quick_demo, tmp_path):
+    import yaml
+
+    out, _ = quick_demo
+    teacher = str(out / "teacher" / "final")
+    results = _script("demo").main(["--quick", "--teacher", teacher, "--seeds", "3", "5",
+                                    "--output-dir", str(tmp_path)])
+    assert json.loads((tmp_path / "seeds.json").read_text()) == results
+    assert not (tmp_path / "teacher").exists()  # stage 1 did not run again
+    assert [r["seed"] for r in results["seeds"]] == [3, 5]
+    for r in results["seeds"]:
+        assert r["gap"] == pytest.approx(r["student_accuracy"] - r["baseline_accuracy"])
+        for stage in ("student", "baseline"):
+            cfg = yaml.safe_load((tmp_path / f"seed{r['seed']}" / stage / "run.yaml").read_text())
+            assert cfg["training"]["seed"] == r["seed"]
+        distilled = yaml.safe_load((tmp_path / f"seed{r['seed']}" / "student" / "run.yaml").read_text())
+        assert distilled["teacher"]["path"] == teacher
+    gaps = [r["gap"] for r in results["seeds"]]
+    assert results["gap_mean"] == pytest.approx(sum(gaps) / 2)
+    assert results["gap_min"] == min(gaps)
+
+
+def test_demo_refuses_a_teacher_directory_without_a_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _script("demo").main(["--quick", "--teacher", str(tmp_path), "--seeds", "1", "--output-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
 def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
     out, _ = quick_demo
     rows = _script("bench_data").main([
