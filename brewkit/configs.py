@@ -167,6 +167,7 @@ class TrainingConfig(_Config):
     ckpt_frequency: int = 1
     ckpt_epoch_frequency: int = 1
     ckpt_steps: int | None = None
+    callback_steps: int | None = None  # brewkit: the callback every N optimizer steps, not at checkpoints
     log_dir: str | None = None
     output_dir: str = "./saved_models"
     device: str | None = None
@@ -194,6 +195,7 @@ class TrainingConfig(_Config):
         self.ckpt_frequency = _int(self.ckpt_frequency, "ckpt_frequency", minimum=1)
         self.ckpt_epoch_frequency = _int(self.ckpt_epoch_frequency, "ckpt_epoch_frequency", minimum=1)
         self.ckpt_steps = _int(self.ckpt_steps, "ckpt_steps", minimum=1, allow_none=True)
+        self.callback_steps = _int(self.callback_steps, "callback_steps", minimum=1, allow_none=True)
         if self.log_dir is not None and not isinstance(self.log_dir, str):
             raise ConfigError(f"must be a directory path or null, got {self.log_dir!r}", "log_dir")
         if not isinstance(self.output_dir, str) or not self.output_dir:

@@ -89,13 +89,22 @@ class OptimConfig(_Config):
 
 @dataclass
 class EvalConfig(_Config):
-    """Evaluation on the eval split: at every checkpoint (TextBrewer's callback schedule) and at the end."""
+    """Evaluation on the eval split: at every checkpoint (TextBrewer's callback schedule), or every ``steps``
+    optimizer steps, and at the end."""
 
     metric: str = "accuracy"
+    steps: int | None = None
 
     def __post_init__(self):
+        from .configs import _int
+
         if self.metric not in METRICS:
             raise ConfigError(f"must be one of {', '.join(METRICS)}; got {self.metric!r}", "metric")
+        self.steps = _int(self.steps, "steps", minimum=1, allow_none=True)
+
+    def describe(self) -> str:
+        when = "at each checkpoint" if self.steps is None else f"every {self.steps} steps"
+        return f"evaluation: {self.metric} on the eval split {when} and at the end"
 
 
 @dataclass
@@ -225,6 +234,11 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
                           "top-level output_dir", "training.output_dir")
     tc_keys = [f.name for f in dataclasses.fields(TrainingConfig)]
     _at("training", check_keys, training, tc_keys + optim_keys)
+    evaluation = _at("evaluation", EvalConfig.from_dict, raw.get("evaluation") or {})
+    if evaluation.steps is not None:  # the evaluation callback's schedule is the engine's callback_steps
+        if training.setdefault("callback_steps", evaluation.steps) != evaluation.steps:
+            raise ConfigError(f"is {training['callback_steps']!r} but evaluation.steps is {evaluation.steps}; "
+                              "set only evaluation.steps", "training.callback_steps")
     train_cfg = _at("training", TrainingConfig.from_dict, training)
 
     dist = raw.get("distillation") or {}
@@ -233,7 +247,6 @@ def load_run(path_or_dict: str | dict, overrides: list[str] = ()) -> RunConfig:
     if not isinstance(dist, dict):
         raise ConfigError("must be a mapping", "distillation")
     _check_distillation(dist, distiller)
-    evaluation = _at("evaluation", EvalConfig.from_dict, raw.get("evaluation") or {})
     return RunConfig(teacher, student, data, distiller, dist, train_cfg, optim, evaluation, plugins, output_dir,
                      raw)
 
@@ -484,6 +497,8 @@ def validate_run(run: RunConfig) -> str:
         for i, (m, proj) in enumerate(zip(dc.intermediate_matches or [], getattr(d, "projs", []))):
             p = "" if proj is None else f", proj {m.proj[0]} {m.proj[1]}->{m.proj[2]} ({_count(proj)} params)"
             lines.append(f"  match[{i}]: {m.feature} S{m.layer_S} <- T{m.layer_T} {m.loss} weight {m.weight}{p}")
+    if b.eval_loader is not None:
+        lines.append(run.evaluation.describe())
     lines.append("first batch: " + ", ".join([f"loss={float(loss):.4f}"] +
                                              [f"{k}={float(v):.4f}" for k, v in terms.items()]))
     lines.append("ok: the run file is valid")

@@ -126,6 +126,47 @@ def test_step_mode_schedule(tmp_path, num_steps, ckpt_steps, expected):
     assert steps == expected
 
 
+@pytest.mark.parametrize("num_steps, ckpt_steps, callback_steps, expected_calls, expected_saves", [
+    (7, None, 3, [3, 6, 7], [7]),          # the callback every 3 steps and at the end; one checkpoint, at the end
+    (6, 2, 3, [3, 6], [2, 4, 6]),          # independent of the checkpoints
+    (5, 1, 10, [5], [1, 2, 3, 4, 5]),
+    (4, None, 1, [1, 2, 3, 4], [4]),
+])
+def test_callback_steps_decouple_the_callback_from_checkpoints(tmp_path, num_steps, ckpt_steps, callback_steps,
+                                                               expected_calls, expected_saves):
+    calls = []
+    run_trainer(tmp_path / "out", toy_batches(2), lambda model, step: calls.append(step), num_steps=num_steps,
+                ckpt_steps=ckpt_steps, callback_steps=callback_steps)
+    assert calls == expected_calls
+    assert saved_steps(tmp_path / "out") == expected_saves
+
+
+def test_callback_steps_in_epoch_mode(tmp_path):
+    calls = []
+    run_trainer(tmp_path / "out", toy_batches(4), lambda model, step: calls.append(step), num_epochs=2,
+                callback_steps=3)  # 4 steps per epoch, checkpoints at 4 and 8
+    assert calls == [3, 6, 8]
+    assert saved_steps(tmp_path / "out") == [4, 8]
+
+
+def test_early_stopping_from_a_callback_between_checkpoints_keeps_that_step(tmp_path):
+    """A callback that asks to stop at a step with no checkpoint: the engine writes one there and ends."""
+    holder = {}
+
+    def callback(model, step):
+        if step == 3:
+            holder["trainer"].request_stop()
+
+    torch.manual_seed(0)
+    model = Toy()
+    trainer = holder["trainer"] = BasicTrainer(tcfg(tmp_path / "out", ckpt_steps=4, callback_steps=1), model,
+                                               toy_adaptor)
+    trainer.train(torch.optim.SGD(model.parameters(), lr=0.01), toy_batches(2), num_steps=10, callback=callback)
+    assert trainer.interrupted and trainer.global_step == 3
+    assert saved_steps(tmp_path / "out") == [3]
+    assert len(losses(tmp_path / "out")) == 3
+
+
 @pytest.mark.parametrize("num_steps, ckpt_steps, expected", [(3, 5, [3]), (10, 4, [4, 8, 10]), (4, 2, [2, 4])])
 def test_multi_task_schedule(tmp_path, num_steps, ckpt_steps, expected):
     """TextBrewer's MultiTaskDistiller raised IndexError when num_steps < ckpt_steps."""

@@ -300,6 +300,7 @@ def test_validate_prints_the_plan_and_trains_nothing(assets, tmp_path):
     assert len(parts) == 4 and first["loss"] == pytest.approx(sum(parts), abs=3e-4)  # all weights 1, 4 decimals
     # KD at temperature 2 between two nearly uniform two-class outputs: close to ln 2
     assert first["unweighted_kd_loss"] == pytest.approx(0.6931, abs=0.05)
+    assert "evaluation: accuracy on the eval split at each checkpoint and at the end" in lines
     assert lines[-1] == "ok: the run file is valid"
     assert not out.exists()
 
@@ -533,6 +534,9 @@ BROKEN = [
     ("plugins-not-a-list", lambda d: d.update(plugins="my.plugin"), [], "plugins", "list of module names"),
     ("unknown-metric", lambda d: d["evaluation"].update(metric="f2"), [], "evaluation.metric",
      "accuracy, macro_f1"),
+    ("eval-steps-zero", lambda d: d["evaluation"].update(steps=0), [], "evaluation.steps", "integer >= 1"),
+    ("eval-steps-twice", lambda d: (d["evaluation"].update(steps=2), d["training"].update(callback_steps=3)), [],
+     "training.callback_steps", "set only evaluation.steps"),
     ("preset-typo", lambda d: d["distillation"].update(intermediate_matches={"preset": "proportionl"}), [],
      "distillation.intermediate_matches.preset", "proportional"),
     ("preset-unknown-key", lambda d: d["distillation"].update(intermediate_matches={"preset": "uniform",
@@ -707,3 +711,23 @@ def test_ctrl_c_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(assets, tmp
     assert os.path.isfile(out / "final" / "model.safetensors")
     steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 401))  # each step logged once across the interrupt
+
+
+def test_evaluation_steps_evaluate_between_checkpoints(assets, tmp_path):
+    """``evaluation.steps: 2`` over 5 steps: eval records at steps 2, 4 and 5, one checkpoint (at the end)."""
+    out = tmp_path / "out"
+    d = run_dict(assets, out)
+    d["training"].update({"num_epochs": None, "num_steps": 5})
+    d["evaluation"]["steps"] = 2
+    run_file = write_run(tmp_path / "run.yaml", d)
+    code, stdout, stderr = cli("validate", run_file)
+    assert code == 0 and "evaluation: accuracy on the eval split every 2 steps and at the end" in stdout
+    code, stdout, stderr = cli("train", run_file)
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [2, 4, 5]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-5"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [h["step"] for h in summary["eval_history"]] == [2, 4, 5]
+    assert summary["eval_accuracy"] == summary["eval_history"][-1]["eval_accuracy"]
+    assert reference_accuracy(str(out / "final"), assets.eval_rows) == pytest.approx(summary["eval_accuracy"])

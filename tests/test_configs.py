@@ -60,6 +60,7 @@ BAD = [
     (T, {"ckpt_epoch_frequency": -1}, "ckpt_epoch_frequency", ["integer >= 1"]),
     (T, {"ckpt_steps": 0}, "ckpt_steps", ["integer >= 1 or null"]),
     (T, {"ckpt_steps": "10"}, "ckpt_steps", ["integer"]),
+    (T, {"callback_steps": 0}, "callback_steps", ["integer >= 1 or null"]),
     (T, {"log_dir": 3}, "log_dir", ["directory path or null"]),
     (T, {"output_dir": ""}, "output_dir", ["directory path"]),
     (T, {"output_dir": None}, "output_dir", ["directory path"]),

@@ -353,7 +353,8 @@ class AbstractDistiller:
         """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
 
         ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
-        each checkpoint. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR scheduler
+        each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last; a callback
+        may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR scheduler
         after the projections joined the optimizer.
         """
         tc = self.t_config
@@ -403,6 +404,11 @@ class AbstractDistiller:
             epoch = (g - 1) // steps_per_epoch
             eligible = (epoch + 1) % tc.ckpt_epoch_frequency == 0 or epoch + 1 == num_epochs
             return eligible and (g % steps_per_epoch) in ckpt_points
+
+        def is_callback_step(g: int) -> bool:  # after each checkpoint (TextBrewer), or every callback_steps
+            if tc.callback_steps is None:
+                return is_checkpoint_step(g)
+            return g % tc.callback_steps == 0 or g == total_steps
 
         self.global_step = 0
         self.interrupted = False
@@ -483,13 +489,16 @@ class AbstractDistiller:
                                              if isinstance(v, float) and k != "epoch"))
                         sums, micro, samples, t_log = {}, 0, 0, time.perf_counter()
                     stop = self._stop_requested
-                    if is_checkpoint_step(self.global_step) or stop:
+                    saved = is_checkpoint_step(self.global_step) or stop
+                    if saved:
                         self.save(optimizer, scheduler, scaler, cursor, plan, tc.save_total_limit)
-                        if callback is not None and not stop:
-                            logger.info("running callback at step %d", self.global_step)
-                            callback(model=self.model_S, step=self.global_step)
-                            self.model_S.train()
-                            stop = self._stop_requested  # the callback asked to stop: this checkpoint serves
+                    if callback is not None and not stop and is_callback_step(self.global_step):
+                        logger.info("running callback at step %d", self.global_step)
+                        callback(model=self.model_S, step=self.global_step)
+                        self.model_S.train()
+                        stop = self._stop_requested  # the callback asked to stop (early stopping)
+                        if stop and not saved:
+                            self.save(optimizer, scheduler, scaler, cursor, plan, tc.save_total_limit)
                     if stop and self.global_step < total_steps:
                         logger.warning("interrupted: saved a checkpoint at step %d and stopped", self.global_step)
                         self.interrupted = True
