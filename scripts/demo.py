@@ -57,18 +57,19 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     out = args.output_dir
     extra = QUICK if args.quick else []
+    if args.teacher is not None:
+        if not args.seeds:
+            p.error("--teacher reuses a teacher only with --seeds; the demo itself trains its own")
+        if not os.path.isfile(os.path.join(args.teacher, "config.json")):
+            p.error(f"--teacher {args.teacher}: not a model directory (no config.json)")
     t0 = time.perf_counter()
     teacher, teacher_final = None, args.teacher
     if teacher_final is None:
         teacher_dir = os.path.join(out, "teacher")
         teacher = stage("teacher", [f"output_dir={teacher_dir}", *extra])
         teacher_final = os.path.join(teacher_dir, "final")
-    elif not os.path.isfile(os.path.join(teacher_final, "config.json")):
-        p.error(f"--teacher {teacher_final}: not a model directory (no config.json)")
     if args.seeds:
         return _seeds(args.seeds, teacher_final, out, extra)
-    if teacher is None:
-        p.error("--teacher reuses a teacher only with --seeds; the demo itself trains its own")
     student = stage("distill", [f"output_dir={os.path.join(out, 'student')}",
                                 f"teacher.path={teacher_final}", *extra])
     baseline = stage("baseline", [f"output_dir={os.path.join(out, 'baseline')}", *extra])

@@ -70,11 +70,16 @@ def test_demo_seeds_reuses_the_teacher_and_reports_each_gap(quick_demo, tmp_path
     assert results["gap_min"] == min(gaps)
 
 
-def test_demo_refuses_a_teacher_directory_without_a_model(tmp_path, capsys):
+def test_demo_refuses_a_bad_teacher_option_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _script("demo").main(["--quick", "--teacher", str(tmp_path), "--seeds", "1", "--output-dir", str(tmp_path)])
     assert e.value.code == 2
     assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _script("demo").main(["--quick", "--teacher", str(tmp_path), "--output-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "only with --seeds" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was trained
 
 
 def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
