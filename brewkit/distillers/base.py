@@ -355,8 +355,9 @@ class AbstractDistiller:
         ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
         each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last; a callback
         may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends,
-        with ``interrupted`` set (under DDP the callback runs on every rank, and every rank must ask). ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR
-        scheduler after the projections joined the optimizer.
+        with ``interrupted`` set (under DDP the callback runs on every rank, and every rank must ask).
+        ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR scheduler after the projections
+        joined the optimizer.
         """
         tc = self.t_config
         if num_epochs is None and num_steps is None:
