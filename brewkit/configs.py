@@ -8,138 +8,25 @@ them (TextBrewer overwrote weights and caching flags during training), and they 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
-import numbers
-import re
-from dataclasses import dataclass, field
-from typing import Any
-
-import yaml
+from dataclasses import dataclass
 
 from .errors import ConfigError
+from .validation import (
+    NONE,
+    ConfigBase,
+    check_bool,
+    check_choice,
+    check_int,
+    check_keys,
+    check_number,
+    check_registered,
+    is_int,
+    is_number,
+)
 
-
-class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats, as YAML 1.2 does (PyYAML's YAML 1.1
-    rules read a mantissa without a dot, or an exponent without a sign, as a string)."""
-
-
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def safe_load(stream: Any) -> Any:
-    """``yaml.safe_load`` (no Python objects are ever built) with YAML 1.2 floats such as ``lr: 2e-4``."""
-    return yaml.load(stream, Loader=_SafeLoader)
-
-NONE = "none"
-
-
-# -- small validators -----------------------------------------------------------------------------------
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _int(value: Any, path: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if not _is_int(value) or (minimum is not None and value < minimum):
-        need = f"an integer >= {minimum}" if minimum is not None else "an integer"
-        raise ConfigError(f"must be {need}{' or null' if allow_none else ''}, got {value!r}", path)
-    return int(value)
-
-
-def _num(value: Any, path: str, *, positive: bool = False, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if not _is_num(value) or (positive and not value > 0):
-        need = "a positive number" if positive else "a number"
-        raise ConfigError(f"must be {need}{' or null' if allow_none else ''}, got {value!r}", path)
-    if not math.isfinite(value):
-        raise ConfigError(f"must be a finite number, got {value!r}", path)
-    return int(value) if _is_int(value) else float(value)  # plain Python numbers (numpy ones break JSON)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {value!r}", path)
-    return value
-
-
-def _choice(value: Any, path: str, allowed: list) -> Any:
-    if value not in allowed:
-        raise ConfigError(f"must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}", path)
-    return value
-
-
-def _registered(registry, name: Any, path: str, *, none_ok: bool = False) -> Any:
-    if none_ok and (name is None or name == NONE):
-        return NONE
-    if not isinstance(name, str):
-        raise ConfigError(f"must be a {registry.what} name (a string), got {name!r}", path)
-    if name not in registry:
-        raise ConfigError(registry.unknown(name).message, path)
-    return name
-
-
-def check_keys(d: Any, allowed: list[str], path: str = "") -> None:
-    """Raise ConfigError for a non-mapping or for keys not in ``allowed`` (closest allowed key suggested)."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"must be a mapping, got {type(d).__name__}", path or None)
-    for key in d:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key{hint}; allowed: {', '.join(allowed)}",
-                              f"{path}.{key}" if path else str(key))
-
-
-class _Config:
-    """Shared dict / JSON / YAML round-tripping. Subclasses are dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                v = [x.to_dict() if hasattr(x, "to_dict") else x for x in v]
-            out[f.name] = v
-        return json.loads(json.dumps(out))  # plain data only (tuples -> lists)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        check_keys(d, [f.name for f in dataclasses.fields(cls)])
-        return cls(**d)
-
-    @classmethod
-    def from_json_file(cls, path: str):
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text: str):
-        return cls.from_dict(safe_load(text) or {})
-
-    def replace(self, **changes):
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{k} : {v}" for k, v in self.to_dict().items())
+# The validators' old private spellings, for edits written against them; use the public names above.
+_int, _num, _bool, _choice, _is_int, _is_num = check_int, check_number, check_bool, check_choice, is_int, is_number
 
 
 # -- TrainingConfig -------------------------------------------------------------------------------------
@@ -150,7 +37,7 @@ def default_device() -> str:
 
 
 @dataclass
-class TrainingConfig(_Config):
+class TrainingConfig(ConfigBase):
     """How to train: accumulation, checkpoints, precision, devices, logging, resume.
 
     TextBrewer fields keep their names and defaults, except ``device`` (default: CUDA when available, else
@@ -190,12 +77,12 @@ class TrainingConfig(_Config):
     force_resume: bool = False
 
     def __post_init__(self):
-        self.gradient_accumulation_steps = _int(self.gradient_accumulation_steps, "gradient_accumulation_steps",
+        self.gradient_accumulation_steps = check_int(self.gradient_accumulation_steps, "gradient_accumulation_steps",
                                                 minimum=1)
-        self.ckpt_frequency = _int(self.ckpt_frequency, "ckpt_frequency", minimum=1)
-        self.ckpt_epoch_frequency = _int(self.ckpt_epoch_frequency, "ckpt_epoch_frequency", minimum=1)
-        self.ckpt_steps = _int(self.ckpt_steps, "ckpt_steps", minimum=1, allow_none=True)
-        self.callback_steps = _int(self.callback_steps, "callback_steps", minimum=1, allow_none=True)
+        self.ckpt_frequency = check_int(self.ckpt_frequency, "ckpt_frequency", minimum=1)
+        self.ckpt_epoch_frequency = check_int(self.ckpt_epoch_frequency, "ckpt_epoch_frequency", minimum=1)
+        self.ckpt_steps = check_int(self.ckpt_steps, "ckpt_steps", minimum=1, allow_none=True)
+        self.callback_steps = check_int(self.callback_steps, "callback_steps", minimum=1, allow_none=True)
         if self.log_dir is not None and not isinstance(self.log_dir, str):
             raise ConfigError(f"must be a directory path or null, got {self.log_dir!r}", "log_dir")
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -206,33 +93,33 @@ class TrainingConfig(_Config):
             self.device = str(self.device)  # accepts torch.device
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device in ("mps", "xpu")):
             raise ConfigError(f"must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu', got {self.device!r}", "device")
-        self.fp16 = _bool(self.fp16, "fp16")
-        self.bf16 = _bool(self.bf16, "bf16")
+        self.fp16 = check_bool(self.fp16, "fp16")
+        self.bf16 = check_bool(self.bf16, "bf16")
         if self.fp16 and self.bf16:
             raise ConfigError("fp16 and bf16 are mutually exclusive; choose one", "bf16")
         if self.fp16 and self.device == "cpu":
             raise ConfigError("fp16 needs a CUDA device (use bf16 on CPU)", "fp16")
-        _choice(self.fp16_opt_level, "fp16_opt_level", ["O0", "O1", "O2", "O3"])
-        self.data_parallel = _bool(self.data_parallel, "data_parallel")
-        self.local_rank = _int(self.local_rank, "local_rank", minimum=-1)
+        check_choice(self.fp16_opt_level, "fp16_opt_level", ["O0", "O1", "O2", "O3"])
+        self.data_parallel = check_bool(self.data_parallel, "data_parallel")
+        self.local_rank = check_int(self.local_rank, "local_rank", minimum=-1)
         if self.data_parallel and self.local_rank != -1:
             raise ConfigError("data_parallel and DDP (local_rank >= 0) are mutually exclusive", "data_parallel")
-        self.seed = _int(self.seed, "seed", minimum=0, allow_none=True)
-        self.logging_steps = _int(self.logging_steps, "logging_steps", minimum=1)
-        self.save_total_limit = _int(self.save_total_limit, "save_total_limit", minimum=1, allow_none=True)
+        self.seed = check_int(self.seed, "seed", minimum=0, allow_none=True)
+        self.logging_steps = check_int(self.logging_steps, "logging_steps", minimum=1)
+        self.save_total_limit = check_int(self.save_total_limit, "save_total_limit", minimum=1, allow_none=True)
         r = self.resume_from_checkpoint
         if not (r is None or isinstance(r, (bool, str))):
             raise ConfigError(f"must be true (latest in output_dir), false/null, or a checkpoint path; got {r!r}",
                               "resume_from_checkpoint")
         if self.progress_bar is not None:
-            _bool(self.progress_bar, "progress_bar")
-        self.skip_nonfinite_steps = _bool(self.skip_nonfinite_steps, "skip_nonfinite_steps")
+            check_bool(self.progress_bar, "progress_bar")
+        self.skip_nonfinite_steps = check_bool(self.skip_nonfinite_steps, "skip_nonfinite_steps")
         if self.teacher_dtype is not None:
-            _choice(self.teacher_dtype, "teacher_dtype", ["float32", "bfloat16", "float16"])
-        self.compile = _bool(self.compile, "compile")
-        self.ddp_find_unused_parameters = _bool(self.ddp_find_unused_parameters, "ddp_find_unused_parameters")
-        _choice(self.loss_normalization, "loss_normalization", ["effective_batch", "micro_batch"])
-        self.force_resume = _bool(self.force_resume, "force_resume")
+            check_choice(self.teacher_dtype, "teacher_dtype", ["float32", "bfloat16", "float16"])
+        self.compile = check_bool(self.compile, "compile")
+        self.ddp_find_unused_parameters = check_bool(self.ddp_find_unused_parameters, "ddp_find_unused_parameters")
+        check_choice(self.loss_normalization, "loss_normalization", ["effective_batch", "micro_batch"])
+        self.force_resume = check_bool(self.force_resume, "force_resume")
 
     @property
     def amp_dtype(self):
@@ -243,7 +130,7 @@ class TrainingConfig(_Config):
 
 # -- intermediate matches -------------------------------------------------------------------------------
 @dataclass
-class IntermediateMatch(_Config):
+class IntermediateMatch(ConfigBase):
     """One intermediate-feature match, in TextBrewer's dict format.
 
     ``layer_T`` / ``layer_S`` index the adaptors' feature lists (for Hugging Face ``hidden``, 0 is the
@@ -265,18 +152,18 @@ class IntermediateMatch(_Config):
         if self.feature not in FEATURES:
             raise ConfigError(f"unknown feature {self.feature!r}; known: {', '.join(map(repr, FEATURES))} "
                               "(append a name to brewkit.presets.FEATURES to add one)", "feature")
-        _registered(MATCH_LOSS_MAP, self.loss, "loss")
-        self.weight = _num(self.weight, "weight")
+        check_registered(MATCH_LOSS_MAP, self.loss, "loss")
+        self.weight = check_number(self.weight, "weight")
         two = bool(MATCH_LOSS_MAP.meta(self.loss).get("two_layer"))
         for name in ("layer_T", "layer_S"):
             v = getattr(self, name)
             if two:
-                if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(i) and i >= 0 for i in v)):
+                if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(i) and i >= 0 for i in v)):
                     raise ConfigError(f"loss {self.loss!r} compares two layers: give a list of two non-negative "
                                       f"layer indices such as [0, 2]; got {v!r}", name)
                 setattr(self, name, [int(i) for i in v])
             else:
-                if not (_is_int(v) and v >= 0):
+                if not (is_int(v) and v >= 0):
                     raise ConfigError(f"must be a non-negative layer index (an integer); got {v!r}", name)
                 setattr(self, name, int(v))
         if self.proj is not None:
@@ -284,9 +171,9 @@ class IntermediateMatch(_Config):
             if not (isinstance(p, (list, tuple)) and len(p) in (3, 4)):
                 raise ConfigError(f"must be [name, dim_S, dim_T] or [name, dim_S, dim_T, {{group options}}]; "
                                   f"got {p!r}", "proj")
-            _registered(PROJ_MAP, p[0], "proj[0]")
-            _int(p[1], "proj[1]", minimum=1)
-            _int(p[2], "proj[2]", minimum=1)
+            check_registered(PROJ_MAP, p[0], "proj[0]")
+            check_int(p[1], "proj[1]", minimum=1)
+            check_int(p[2], "proj[2]", minimum=1)
             if len(p) == 4 and not isinstance(p[3], dict):
                 raise ConfigError(f"optimizer group options must be a mapping, got {p[3]!r}", "proj[3]")
             self.proj = [p[0], int(p[1]), int(p[2]), dict(p[3]) if len(p) == 4 else {}]
@@ -302,7 +189,7 @@ class IntermediateMatch(_Config):
 
 # -- DistillationConfig ---------------------------------------------------------------------------------
 @dataclass
-class DistillationConfig(_Config):
+class DistillationConfig(ConfigBase):
     """What to distill: the KD loss, its temperature, the loss weights and the intermediate matches.
 
     The objective (GeneralDistiller; the others use parts of it)::
@@ -339,19 +226,19 @@ class DistillationConfig(_Config):
     def __post_init__(self):
         from .presets import KD_LOSS_MAP, TEMPERATURE_SCHEDULER, WEIGHT_SCHEDULER
 
-        self.temperature = _num(self.temperature, "temperature", positive=True)
+        self.temperature = check_number(self.temperature, "temperature", positive=True)
         ts = self.temperature_scheduler
         if ts is None or ts == NONE:
             self.temperature_scheduler = NONE
         elif isinstance(ts, str):
-            _registered(TEMPERATURE_SCHEDULER, ts, "temperature_scheduler")
+            check_registered(TEMPERATURE_SCHEDULER, ts, "temperature_scheduler")
             if TEMPERATURE_SCHEDULER.meta(ts).get("builder"):
                 raise ConfigError(f"{ts!r} needs parameters: write it as a list such as [{ts!r}, 1, 2] or "
                                   f"[{ts!r}, {{beta: 1}}]", "temperature_scheduler")
         elif isinstance(ts, (list, tuple)):
             if not ts or not isinstance(ts[0], str):
                 raise ConfigError(f"a scheduler spec starts with its name, got {ts!r}", "temperature_scheduler")
-            _registered(TEMPERATURE_SCHEDULER, ts[0], "temperature_scheduler[0]")
+            check_registered(TEMPERATURE_SCHEDULER, ts[0], "temperature_scheduler[0]")
             try:
                 TEMPERATURE_SCHEDULER[list(ts)]  # builds once to check the parameters
             except ConfigError as e:
@@ -362,19 +249,19 @@ class DistillationConfig(_Config):
         else:
             raise ConfigError(f"must be 'none', a scheduler name, or a list spec such as ['flsw', 1, 2]; got {ts!r}",
                               "temperature_scheduler")
-        self.hard_label_weight = _num(self.hard_label_weight, "hard_label_weight")
-        self.kd_loss_weight = _num(self.kd_loss_weight, "kd_loss_weight")
+        self.hard_label_weight = check_number(self.hard_label_weight, "hard_label_weight")
+        self.kd_loss_weight = check_number(self.kd_loss_weight, "kd_loss_weight")
         for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
-            setattr(self, name, _registered(WEIGHT_SCHEDULER, getattr(self, name), name, none_ok=True))
-        _registered(KD_LOSS_MAP, self.kd_loss_type, "kd_loss_type")
-        self.probability_shift = _bool(self.probability_shift, "probability_shift")
-        self.is_caching_logits = _bool(self.is_caching_logits, "is_caching_logits")
-        self.kd_temperature_squared = _bool(self.kd_temperature_squared, "kd_temperature_squared")
-        _choice(self.teacher_aggregation, "teacher_aggregation", ["logits_mean", "probs_mean"])
+            setattr(self, name, check_registered(WEIGHT_SCHEDULER, getattr(self, name), name, none_ok=True))
+        check_registered(KD_LOSS_MAP, self.kd_loss_type, "kd_loss_type")
+        self.probability_shift = check_bool(self.probability_shift, "probability_shift")
+        self.is_caching_logits = check_bool(self.is_caching_logits, "is_caching_logits")
+        self.kd_temperature_squared = check_bool(self.kd_temperature_squared, "kd_temperature_squared")
+        check_choice(self.teacher_aggregation, "teacher_aggregation", ["logits_mean", "probs_mean"])
         if self.teacher_weights is not None:
             tw = self.teacher_weights
-            if not (isinstance(tw, (list, tuple)) and tw and all(_is_num(w) and math.isfinite(w) and w >= 0 for w in tw)
-                    and sum(tw) > 0):
+            if not (isinstance(tw, (list, tuple)) and tw
+                    and all(is_number(w) and math.isfinite(w) and w >= 0 for w in tw) and sum(tw) > 0):
                 raise ConfigError(f"must be a list of non-negative numbers with a positive sum, got {tw!r}",
                                   "teacher_weights")
             self.teacher_weights = [float(w) for w in tw]
@@ -382,8 +269,8 @@ class DistillationConfig(_Config):
             raise ConfigError("probs_mean averages teacher probabilities at the base temperature; it cannot be "
                               "combined with a temperature_scheduler", "teacher_aggregation")
         self.intermediate_matches = self._matches(self.intermediate_matches)
-        _choice(self.teacher_cache, "teacher_cache", ["none", "memory", "disk"])
-        _choice(self.teacher_cache_dtype, "teacher_cache_dtype", ["float32", "float16", "bfloat16"])
+        check_choice(self.teacher_cache, "teacher_cache", ["none", "memory", "disk"])
+        check_choice(self.teacher_cache_dtype, "teacher_cache_dtype", ["float32", "float16", "bfloat16"])
         if self.teacher_cache_dir is not None and (not isinstance(self.teacher_cache_dir, str)
                                                    or not self.teacher_cache_dir):
             raise ConfigError(f"must be a directory path or null, got {self.teacher_cache_dir!r}",

@@ -29,10 +29,10 @@ import torch
 import transformers
 from torch import nn
 
-from .configs import _is_int, check_keys
 from .errors import ConfigError
 from .paths import PKG_PREFIX, resolve_path, split_pkg
 from .registry import Registry
+from .validation import check_keys, is_int
 
 MODEL_BUILDERS = Registry("MODEL_BUILDERS", "model builder")
 """Model builders: ``fn(**args) -> nn.Module`` or ``-> (model, tokenizer)``; YAML: ``builder: NAME``."""
@@ -75,7 +75,7 @@ def _check_layers(layers: Any, path: str = "init_from_teacher.layers") -> list[i
     if not layers:
         raise ConfigError("must list at least one teacher layer", path)
     for i, idx in enumerate(layers):
-        if not _is_int(idx) or idx < 0:
+        if not is_int(idx) or idx < 0:
             raise ConfigError(f"must be a teacher layer index (an integer >= 0), got {idx!r}", f"{path}[{i}]")
     return [int(i) for i in layers]
 
@@ -112,7 +112,7 @@ def hf_config_from_dict(d: Any, path: str = "config") -> "transformers.Pretraine
             raise ConfigError(f"{config_cls.__name__} has no such field{hint}; allowed: "
                               f"{', '.join(sorted(allowed))}", where)
         if key in _SIZE_KEYS and not (value is None and getattr(default, key, 0) is None):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"must be a positive integer, got {value!r}", where)
         if key.endswith(("_prob", "dropout", "pdrop")) and value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -122,7 +122,7 @@ def hf_config_from_dict(d: Any, path: str = "config") -> "transformers.Pretraine
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e), path) from None
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
-    if _is_int(hidden) and _is_int(heads) and hidden % heads:
+    if is_int(hidden) and is_int(heads) and hidden % heads:
         alias = config_cls.attribute_map.get("hidden_size", "hidden_size")
         key = "hidden_size" if "hidden_size" in sizes else alias
         raise ConfigError(f"hidden size {hidden} must be a multiple of the number of attention heads {heads}",
@@ -188,7 +188,7 @@ class ModelSpec:
         if self.task not in TASKS:
             raise ConfigError(f"must be one of {', '.join(TASKS)}; got {self.task!r}", "task")
         if self.num_labels is not None:
-            if not _is_int(self.num_labels) or self.num_labels < 1:
+            if not is_int(self.num_labels) or self.num_labels < 1:
                 raise ConfigError(f"must be a positive integer or null, got {self.num_labels!r}", "num_labels")
             if self.task not in LABELLED_TASKS:
                 raise ConfigError(f"is only used with task {' or '.join(LABELLED_TASKS)}, "

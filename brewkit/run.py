@@ -31,9 +31,10 @@ import torch
 import yaml
 
 from . import distributed
-from .configs import DistillationConfig, TrainingConfig, _Config, check_keys, safe_load
+from .configs import DistillationConfig, TrainingConfig
 from .distillers.utils import split_example_index
 from .errors import AdaptorError, ConfigError
+from .validation import ConfigBase, check_int, check_keys, check_number, safe_load
 
 SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
             "output_dir"]
@@ -43,7 +44,7 @@ METRICS = ["accuracy", "macro_f1"]
 
 # -- the run file ---------------------------------------------------------------------------------------
 @dataclass
-class OptimConfig(_Config):
+class OptimConfig(ConfigBase):
     """The ``training`` keys that are not TrainingConfig fields: how long, the optimizer, the LR schedule."""
 
     num_epochs: int | None = None
@@ -53,19 +54,17 @@ class OptimConfig(_Config):
     lr_scheduler: dict = field(default_factory=lambda: {"name": "linear", "warmup_ratio": 0.0})
 
     def __post_init__(self):
-        from .configs import _int, _num
-
         if self.num_epochs is None and self.num_steps is None:
             raise ConfigError("give num_epochs or num_steps", "num_epochs")
-        _int(self.num_epochs, "num_epochs", minimum=1, allow_none=True)
-        _int(self.num_steps, "num_steps", minimum=1, allow_none=True)
-        _num(self.max_grad_norm, "max_grad_norm")
+        check_int(self.num_epochs, "num_epochs", minimum=1, allow_none=True)
+        check_int(self.num_steps, "num_steps", minimum=1, allow_none=True)
+        check_number(self.max_grad_norm, "max_grad_norm")
         check_keys(self.optimizer or {}, ["name", "lr", "weight_decay", "betas", "eps"], "optimizer")
         opt = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01, **(self.optimizer or {})}
         if opt["name"] not in ("adamw", "sgd"):
             raise ConfigError(f"must be 'adamw' or 'sgd', got {opt['name']!r}", "optimizer.name")
-        _num(opt["lr"], "optimizer.lr", positive=True)
-        _num(opt["weight_decay"], "optimizer.weight_decay")
+        check_number(opt["lr"], "optimizer.lr", positive=True)
+        check_number(opt["weight_decay"], "optimizer.weight_decay")
         b = opt.get("betas")
         if b is not None and not (isinstance(b, (list, tuple)) and len(b) == 2 and
                                   all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
@@ -73,7 +72,7 @@ class OptimConfig(_Config):
             raise ConfigError(f"must be a list of two numbers in [0, 1) such as [0.9, 0.999], got {b!r}",
                               "optimizer.betas")
         if "eps" in opt:
-            _num(opt["eps"], "optimizer.eps", positive=True)
+            check_number(opt["eps"], "optimizer.eps", positive=True)
         self.optimizer = opt
         check_keys(self.lr_scheduler or {}, ["name", "warmup_ratio", "warmup_steps"], "lr_scheduler")
         sch = {"name": "linear", "warmup_ratio": 0.0, **(self.lr_scheduler or {})}
@@ -83,12 +82,12 @@ class OptimConfig(_Config):
         if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1):
             raise ConfigError(f"must be a number in [0, 1), got {r!r}", "lr_scheduler.warmup_ratio")
         if "warmup_steps" in sch:
-            _int(sch["warmup_steps"], "lr_scheduler.warmup_steps", minimum=0)
+            check_int(sch["warmup_steps"], "lr_scheduler.warmup_steps", minimum=0)
         self.lr_scheduler = sch
 
 
 @dataclass
-class EvalConfig(_Config):
+class EvalConfig(ConfigBase):
     """Evaluation on the eval split: at every checkpoint (TextBrewer's callback schedule), or every ``steps``
     optimizer steps, and at the end."""
 
@@ -96,11 +95,9 @@ class EvalConfig(_Config):
     steps: int | None = None
 
     def __post_init__(self):
-        from .configs import _int
-
         if self.metric not in METRICS:
             raise ConfigError(f"must be one of {', '.join(METRICS)}; got {self.metric!r}", "metric")
-        self.steps = _int(self.steps, "steps", minimum=1, allow_none=True)
+        self.steps = check_int(self.steps, "steps", minimum=1, allow_none=True)
 
     def describe(self) -> str:
         when = "at each checkpoint" if self.steps is None else f"every {self.steps} steps"

@@ -38,8 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .adaptors import AttentionProbs
-from .configs import _choice
 from .errors import CheckpointError, ConfigError
+from .validation import check_choice as _choice
 
 FORMAT = 1
 MODES = ["none", "memory", "disk"]

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from ..configs import _int, check_keys
 from ..errors import ConfigError
+from ..validation import check_int as _int
+from ..validation import check_keys
 
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters
 _MARKERS = ("Ġ", "▁")  # word-start markers of byte-level BPE (GPT-2, RoBERTa) and SentencePiece vocabularies

@@ -11,9 +11,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..configs import _bool, _choice, _int, _is_int, check_keys
 from ..errors import ConfigError
 from ..paths import resolve_path
+from ..validation import check_bool as _bool
+from ..validation import check_choice as _choice
+from ..validation import check_int as _int
+from ..validation import check_keys
+from ..validation import is_int as _is_int
 from .augment import AugmentConfig
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
