@@ -31,7 +31,7 @@ if HERE not in sys.path:
 if os.path.dirname(HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(HERE))
 
-from conftest import Toy, ToyDataset, toy_adaptor  # noqa: E402
+from helpers import Toy, ToyDataset, toy_adaptor  # noqa: E402
 
 import brewkit.checkpoint as ckpt  # noqa: E402
 from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig  # noqa: E402

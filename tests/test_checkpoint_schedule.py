@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import Toy, toy_adaptor, toy_batches
+from helpers import Toy, toy_adaptor, toy_batches
 
 from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, GeneralDistiller, MultiTaskDistiller,
                      MultiTeacherDistiller, TrainingConfig)

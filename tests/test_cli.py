@@ -6,7 +6,6 @@ tokenizer built from a vocabulary file in the test: a whole run end to end, the 
 which must fail with a ``ConfigError`` whose path points at the offending field.
 """
 import contextlib
-import csv
 import io
 import json
 import os
@@ -22,6 +21,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from helpers import MAX_LENGTH, STUDENT_ARGS, VOCAB, run_dict, write_run  # noqa: E402
 
 from brewkit.cli import main  # noqa: E402
 from brewkit.errors import ConfigError  # noqa: E402
@@ -30,87 +30,8 @@ from brewkit.run import load_run  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-POS_WORDS = ["good", "great", "fine", "fun", "superb", "lovely"]
-NEG_WORDS = ["bad", "awful", "dull", "boring", "weak", "poor"]
-OTHER_WORDS = ["movie", "film", "plot", "acting", "the", "a"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VOCAB = SPECIAL + POS_WORDS + NEG_WORDS + OTHER_WORDS + [str(i) for i in range(10)]
 
-TEACHER_ARGS = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
-                "intermediate_size": 32, "max_position_embeddings": 32, "seed": 0}
-STUDENT_ARGS = {"vocab_size": 64, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "intermediate_size": 16, "max_position_embeddings": 32, "seed": 1}
-MAX_LENGTH = 16
-
-
-# -- fixtures -------------------------------------------------------------------------------------------
-def _rows(n: int, seed: int, groups: int) -> list[dict]:
-    """``n`` labelled rows; texts are unique (a row number at the end), ``groups`` groups of equal size."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 == 0 else "neg"
-        words = POS_WORDS if label == "pos" else NEG_WORDS
-        k = int(torch.randint(3, 7, (1,), generator=g))
-        picks = [words[int(j)] for j in torch.randint(0, len(words), (k,), generator=g)]
-        picks.insert(int(torch.randint(0, k, (1,), generator=g)), OTHER_WORDS[i % len(OTHER_WORDS)])
-        rows.append({"text": " ".join(picks + list(str(seed * 100 + i))), "label": label,
-                     "group": f"g{i % groups}"})
-    return rows
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A word-level tokenizer directory, a train csv (32 rows, 8 groups of 4) and an eval csv (12 rows)."""
-    from transformers import BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("cli_assets")
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)})
-    assert tokenizer("good film")["input_ids"] == [2, VOCAB.index("good"), VOCAB.index("film"), 3]
-    tokenizer.save_pretrained(str(root / "tokenizer"))
-    train_rows, eval_rows = _rows(32, seed=0, groups=8), _rows(12, seed=1, groups=3)
-    _write_csv(root / "train.csv", train_rows)
-    _write_csv(root / "eval.csv", eval_rows)
-    return SimpleNamespace(root=root, tokenizer=str(root / "tokenizer"), train=str(root / "train.csv"),
-                           eval=str(root / "eval.csv"), eval_rows=eval_rows, cache=str(root / "cache"))
-
-
-def run_dict(assets, output_dir) -> dict:
-    """A complete, valid run: 4-layer teacher (hidden 16), 2-layer student (hidden 8), two hidden matches."""
-    return {
-        "teacher": {"builder": "tiny_bert", "args": dict(TEACHER_ARGS), "tokenizer": assets.tokenizer},
-        "student": {"builder": "tiny_bert", "args": dict(STUDENT_ARGS), "tokenizer": assets.tokenizer},
-        "data": {"train_file": assets.train, "eval_file": assets.eval, "text_column": "text",
-                 "label_column": "label", "labels": ["neg", "pos"], "max_length": MAX_LENGTH, "batch_size": 8,
-                 "cache_dir": assets.cache},
-        "distiller": "general",
-        "distillation": {
-            "temperature": 2, "kd_loss_type": "ce", "hard_label_weight": 1,
-            "intermediate_matches": [
-                {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-                 "proj": ["linear", 8, 16]},
-                {"layer_T": 4, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-                 "proj": ["linear", 8, 16]},
-            ]},
-        "training": {"num_epochs": 1, "optimizer": {"lr": 1e-3}, "lr_scheduler": {"warmup_ratio": 0.0},
-                     "device": "cpu", "seed": 0, "logging_steps": 1, "progress_bar": False},
-        "evaluation": {"metric": "accuracy"},
-        "output_dir": str(output_dir),
-    }
-
-
-def write_run(path: Path, d) -> str:
-    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
-    return str(path)
-
-
+# -- helpers --------------------------------------------------------------------------------------------
 def cli(*argv) -> tuple[int, str, str]:
     """``brewkit.cli.main`` in-process: (exit status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import Toy, toy_adaptor, toy_batches
+from helpers import Toy, toy_adaptor, toy_batches
 
 from brewkit import (BasicDistiller, DistillationConfig, GeneralDistiller, MultiTeacherDistiller,
                      TrainingConfig)

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import torch
-from conftest import Toy
+from helpers import Toy
 from safetensors.torch import load_file
 
 import crash_worker

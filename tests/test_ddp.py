@@ -24,7 +24,7 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from conftest import Toy, ToyDataset, toy_adaptor
+    from helpers import Toy, ToyDataset, toy_adaptor
 
     from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
 
@@ -126,7 +126,7 @@ def _run_cached(rank: int, world: int, port: int, out: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from conftest import tiny_bert
+    from helpers import tiny_bert
 
     from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
     from brewkit.data.collate import PadCollator

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Toy, ToyDataset, bert_batches, tiny_bert, toy_adaptor, toy_batches
+from helpers import Toy, ToyDataset, bert_batches, tiny_bert, toy_adaptor, toy_batches
 
 from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, Distillers, GeneralDistiller,
                      MultiTaskDistiller, MultiTeacherDistiller, TrainingConfig)

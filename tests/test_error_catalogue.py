@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Toy, toy_adaptor, toy_batches
+from helpers import Toy, toy_adaptor, toy_batches
 
 from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, GeneralDistiller, MultiTaskDistiller,
                      MultiTeacherDistiller, TrainingConfig)

@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from conftest import Toy, toy_adaptor, toy_batches
+from helpers import Toy, toy_adaptor, toy_batches
 from safetensors.torch import load_file
 
 from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig

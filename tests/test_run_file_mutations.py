@@ -3,7 +3,7 @@ import copy
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import assets, run_dict  # noqa: F401  (assets is a fixture)
+from helpers import run_dict
 
 from brewkit.errors import ConfigError
 from brewkit.run import RunConfig, load_run
@@ -43,7 +43,7 @@ def _mutate(d, path, action, value):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           derandomize=True, database=None)
 @given(data=st.data())
-def test_mutated_run_files_give_config_errors_or_valid_runs(assets, tmp_path, data):  # noqa: F811
+def test_mutated_run_files_give_config_errors_or_valid_runs(assets, tmp_path, data):
     base = run_dict(assets, tmp_path / "out")
     paths = list(_paths(base))
     path = data.draw(st.sampled_from(paths))

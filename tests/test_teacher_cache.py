@@ -16,9 +16,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import tiny_bert  # noqa: E402
+from helpers import run_dict, tiny_bert, write_run  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_cli import assets, run_dict, write_run  # noqa: E402,F401  (assets is a fixture)
 
 from brewkit import (BasicDistiller, DistillationConfig, GeneralDistiller, MultiTaskDistiller,  # noqa: E402
                      MultiTeacherDistiller, TrainingConfig)

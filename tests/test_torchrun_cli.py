@@ -5,11 +5,11 @@ import socket
 import subprocess
 import sys
 
-from test_cli import assets, run_dict, write_run  # noqa: F401  (assets is a fixture)
+from helpers import run_dict, write_run
 
 
 
-def test_torchrun_two_processes_train_a_yaml_run(assets, tmp_path):  # noqa: F811
+def test_torchrun_two_processes_train_a_yaml_run(assets, tmp_path):
     out = tmp_path / "out"
     d = run_dict(assets, out)
     d["data"]["batch_size"] = 4  # 32 rows: 8 batches, 4 per process
