@@ -9,6 +9,7 @@ forked from this process (cheap: torch is already imported), one is a fresh ``py
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -72,11 +73,14 @@ def _same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _assert_last_complete_checkpoint(out, step, reference_out):
-    """latest_checkpoint is checkpoint-{step}; it loads, and holds exactly the uninterrupted run's state."""
+def _assert_last_complete_checkpoint(out, step, reference_out, listed=None):
+    """latest_checkpoint is checkpoint-{step}; list_checkpoints gives exactly the complete checkpoints ``listed``
+    (default 1 ... step: no temporary, half-deleted or stray directory); the latest loads and holds exactly the
+    uninterrupted run's state."""
     latest = latest_checkpoint(str(out))
     assert latest == os.path.join(str(out), f"checkpoint-{step}")
-    assert all(not os.path.basename(p).startswith(".") for _, p in list_checkpoints(str(out)))
+    listed = list(range(1, step + 1)) if listed is None else listed
+    assert list_checkpoints(str(out)) == [(s, os.path.join(str(out), f"checkpoint-{s}")) for s in listed]
     state = load_state(latest)
     assert state["trainer_state"]["global_step"] == step
     student = Toy(d_h=6)
@@ -175,17 +179,26 @@ def test_sigkill_while_pruning_old_checkpoints(tmp_path, reference):
     # checkpoint-3 was complete before pruning started; checkpoint-1 was hidden, then half deleted
     assert not os.path.exists(out / "checkpoint-1")
     assert [n for n in os.listdir(out) if n.startswith(".deleting-checkpoint-1-")]
-    _assert_last_complete_checkpoint(out, 3, ref_out)
+    _assert_last_complete_checkpoint(out, 3, ref_out, listed=[2, 3])
     _assert_resume_matches(out, ref_distiller, 3, save_total_limit=2)
     assert [s for s, _ in list_checkpoints(str(out))] == [N - 1, N]  # the resumed run pruned as configured
 
 
-def test_list_checkpoints_never_lists_a_half_pruned_checkpoint(tmp_path):
+def test_list_checkpoints_never_lists_a_half_pruned_checkpoint(tmp_path, reference):
+    _, ref_out = reference
     out = tmp_path / "out"
     _kill_forked_at(out, ["prune", 3], save_total_limit=2)
-    for _, path in list_checkpoints(str(out)):
-        load_state(path)
-        load_student(Toy(d_h=6), path)
+    # on disk: checkpoint-2, checkpoint-3 and the hidden, half-deleted checkpoint-1; only the complete two listed
+    assert sorted(n for n in os.listdir(out) if "checkpoint-" in n and not n.startswith(".deleting-")) == \
+        ["checkpoint-2", "checkpoint-3"]
+    listed = list_checkpoints(str(out))
+    assert [s for s, _ in listed] == [2, 3]
+    for step, path in listed:
+        assert load_state(path)["trainer_state"]["global_step"] == step
+        student = Toy(d_h=6)
+        load_student(student, path)
+        reference_weights = load_file(str(ref_out / f"checkpoint-{step}" / "model.safetensors"))
+        assert _same_tensors(student.state_dict(), reference_weights)  # what the uninterrupted run saved there
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.012, 0.035])
@@ -205,6 +218,7 @@ def test_sigkill_at_arbitrary_times(tmp_path, reference, delay):
     latest = latest_checkpoint(str(out))
     step = load_state(latest)["trainer_state"]["global_step"]
     assert latest.endswith(f"checkpoint-{step}") and 2 <= step < N
+    assert [s for s, _ in list_checkpoints(str(out))] == list(range(1, step + 1))  # every step saved, none partial
     load_student(Toy(d_h=6), latest)
     _assert_resume_matches(out, ref_distiller, step)
 
@@ -241,7 +255,9 @@ def test_checkpoint_files_are_safetensors_json_and_weights_only_pickles(referenc
         else:
             assert name.endswith(".json"), name
             with open(file) as f:
-                json.load(f)
+                content = json.load(f)
+            if name == "trainer_state.json":
+                assert content["global_step"] == N
     student = ref_distiller.model_S
     assert _same_tensors(load_file(os.path.join(path, "model.safetensors")),
                          {k: v.detach() for k, v in student.state_dict().items()})
@@ -251,7 +267,7 @@ def test_checkpoint_files_are_safetensors_json_and_weights_only_pickles(referenc
     shutil.copytree(path, bad)
     marker = str(tmp_path / "marker")
     torch.save({"torch": _Payload(marker)}, bad / "rng_state.pt")
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+    with pytest.raises(pickle.UnpicklingError, match="(?i)weights_only|unpickl|global"):
         load_state(str(bad))
     assert not os.path.exists(marker)
 
@@ -273,8 +289,10 @@ def test_resume_with_a_different_teacher_or_config_is_refused(reference, tmp_pat
     out = tmp_path / "out"
     shutil.copytree(ref_out, out)
     distiller, optimizer, loader = crash_worker.build(str(out), resume=True, **change)
-    with pytest.raises(CheckpointError):
+    before = [p.detach().clone() for p in distiller.model_S.parameters()]
+    with pytest.raises(CheckpointError, match="(?s)different run.*force_resume=True"):
         crash_worker.train(distiller, optimizer, loader)
+    assert all(torch.equal(a, b) for a, b in zip(before, distiller.model_S.parameters(), strict=True))
 
 
 def test_metrics_writer_drops_records_past_the_resumed_step(tmp_path):

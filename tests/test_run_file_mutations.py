@@ -1,12 +1,14 @@
-"""Random mutations of a valid run file give a ConfigError or a valid run, never another exception."""
+"""Random mutations of a valid run file give a ConfigError naming the mutated section, or a valid run that
+loads again to the same run; never another exception."""
 import copy
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from helpers import run_dict
 
 from brewkit.errors import ConfigError
-from brewkit.run import RunConfig, load_run
+from brewkit.run import load_run
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
                    st.text(max_size=8), st.lists(st.integers(-2, 6), max_size=3),
@@ -52,6 +54,11 @@ def test_mutated_run_files_give_config_errors_or_valid_runs(assets, tmp_path, da
     mutated = _mutate(copy.deepcopy(base), path, action, value)
     try:
         run = load_run(mutated)
-    except ConfigError:
+    except ConfigError as e:
+        # the error names the section that was mutated (a root that is no mapping: the top level)
+        section = str(path[0]) if path else "(top level)"
+        assert e.path is not None and re.split(r"[.\[]", e.path)[0] == section, (path, action, value, str(e))
         return
-    assert isinstance(run, RunConfig)
+    # a valid run keeps the file as given, and loading that again gives the same run
+    assert run.source == mutated
+    assert load_run(run.source) == run
