@@ -8,8 +8,11 @@ them (TextBrewer overwrote weights and caching flags during training), and they 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
 from .validation import (
@@ -30,6 +33,13 @@ _int, _num, _bool, _choice, _is_int, _is_num = check_int, check_number, check_bo
 
 
 # -- TrainingConfig -------------------------------------------------------------------------------------
+#: ``TrainingConfig.checkpoint_format``: what each checkpoint writes.
+CHECKPOINT_FORMATS = {
+    "brewkit": "checkpoint-N/ directories (student, projections, optimizer, scheduler, RNG, data position)",
+    "textbrewer": "the same, plus TextBrewer's gs{N}.pkl student state dict in output_dir",
+}
+
+
 def default_device() -> str:
     import torch
 
@@ -48,6 +58,13 @@ class TrainingConfig(ConfigBase):
     (all micro-batches of an optimizer step, on all processes), so that gradient accumulation and the number of
     processes do not change the update; with one process and no accumulation it is TextBrewer's mean.
     ``'micro_batch'`` averages per micro-batch and divides by the accumulation steps, as TextBrewer did.
+
+    ``seed`` (default None): when given, ``train()`` seeds Python, NumPy and torch with it first; when None it
+    leaves the random state as the script set it, as TextBrewer did (``brewkit train`` run files default to
+    42). ``max_grad_norm`` clips the student's parameters only, as TextBrewer did; ``clip_projections=True``
+    clips the projections together with them. ``checkpoint_format='textbrewer'`` also writes TextBrewer's
+    checkpoint at every checkpoint step: the student's ``state_dict`` as ``output_dir/gs{step}.pkl``, readable
+    with ``torch.load(path, weights_only=True)`` (see ``CHECKPOINT_FORMATS``).
     """
 
     gradient_accumulation_steps: int = 1
@@ -64,7 +81,7 @@ class TrainingConfig(ConfigBase):
     data_parallel: bool = False
     local_rank: int = -1
     # brewkit additions
-    seed: int | None = 42
+    seed: int | None = None  # None: train() does not reseed (TextBrewer); YAML runs default to 42
     logging_steps: int = 50
     save_total_limit: int | None = None
     resume_from_checkpoint: bool | str | None = None
@@ -75,6 +92,8 @@ class TrainingConfig(ConfigBase):
     ddp_find_unused_parameters: bool = False
     loss_normalization: str = "effective_batch"
     force_resume: bool = False
+    clip_projections: bool = False
+    checkpoint_format: str = "brewkit"
 
     def __post_init__(self):
         self.gradient_accumulation_steps = check_int(self.gradient_accumulation_steps, "gradient_accumulation_steps",
@@ -120,6 +139,8 @@ class TrainingConfig(ConfigBase):
         self.ddp_find_unused_parameters = check_bool(self.ddp_find_unused_parameters, "ddp_find_unused_parameters")
         check_choice(self.loss_normalization, "loss_normalization", ["effective_batch", "micro_batch"])
         self.force_resume = check_bool(self.force_resume, "force_resume")
+        self.clip_projections = check_bool(self.clip_projections, "clip_projections")
+        check_choice(self.checkpoint_format, "checkpoint_format", list(CHECKPOINT_FORMATS))
 
     @property
     def amp_dtype(self):
@@ -188,6 +209,14 @@ class IntermediateMatch(ConfigBase):
 
 
 # -- DistillationConfig ---------------------------------------------------------------------------------
+#: ``DistillationConfig.textbrewer_numerics``: which TextBrewer release's numbers the TextBrewer presets give.
+TEXTBREWER_NUMERICS = {
+    "master": "TextBrewer's GitHub master (brewkit's default)",
+    "0.2.1": "PyPI 0.2.1.post1: masked mmd/nst Gram matrices divided by the sequence length L; the KD term is "
+             "the last logits pair's loss only",
+}
+
+
 @dataclass
 class DistillationConfig(ConfigBase):
     """What to distill: the KD loss, its temperature, the loss weights and the intermediate matches.
@@ -203,6 +232,11 @@ class DistillationConfig(ConfigBase):
     matched features stored per example (batches carry ``idx``), so that later epochs skip the teacher;
     ``teacher_cache_dir`` (default ``<output_dir>/teacher_cache``) and ``teacher_cache_dtype`` (storage
     precision: float32, float16 or bfloat16). See :mod:`brewkit.teacher_cache`.
+
+    ``textbrewer_numerics`` ('master' | '0.2.1', see ``TEXTBREWER_NUMERICS``): TextBrewer's GitHub master
+    numbers (default), or the PyPI 0.2.1.post1 release's, whose masked ``mmd`` / ``nst`` divide each Gram
+    matrix by the sequence length and whose KD term counts only the last logits pair when an adaptor returns
+    several (``docs/textbrewer_compat.md`` lists each difference).
     """
 
     temperature: float = 4
@@ -222,12 +256,13 @@ class DistillationConfig(ConfigBase):
     teacher_cache: str = "none"
     teacher_cache_dir: str | None = None
     teacher_cache_dtype: str = "float32"
+    textbrewer_numerics: str = "master"
 
     def __post_init__(self):
         from .presets import KD_LOSS_MAP, TEMPERATURE_SCHEDULER, WEIGHT_SCHEDULER
 
         self.temperature = check_number(self.temperature, "temperature", positive=True)
-        ts = self.temperature_scheduler
+        ts = self.spec("temperature_scheduler")
         if ts is None or ts == NONE:
             self.temperature_scheduler = NONE
         elif isinstance(ts, str):
@@ -252,7 +287,7 @@ class DistillationConfig(ConfigBase):
         self.hard_label_weight = check_number(self.hard_label_weight, "hard_label_weight")
         self.kd_loss_weight = check_number(self.kd_loss_weight, "kd_loss_weight")
         for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
-            setattr(self, name, check_registered(WEIGHT_SCHEDULER, getattr(self, name), name, none_ok=True))
+            setattr(self, name, check_registered(WEIGHT_SCHEDULER, self.spec(name), name, none_ok=True))
         check_registered(KD_LOSS_MAP, self.kd_loss_type, "kd_loss_type")
         self.probability_shift = check_bool(self.probability_shift, "probability_shift")
         self.is_caching_logits = check_bool(self.is_caching_logits, "is_caching_logits")
@@ -265,7 +300,7 @@ class DistillationConfig(ConfigBase):
                 raise ConfigError(f"must be a list of non-negative numbers with a positive sum, got {tw!r}",
                                   "teacher_weights")
             self.teacher_weights = [float(w) for w in tw]
-        if self.teacher_aggregation == "probs_mean" and self.temperature_scheduler != NONE:
+        if self.teacher_aggregation == "probs_mean" and self.spec("temperature_scheduler") != NONE:
             raise ConfigError("probs_mean averages teacher probabilities at the base temperature; it cannot be "
                               "combined with a temperature_scheduler", "teacher_aggregation")
         self.intermediate_matches = self._matches(self.intermediate_matches)
@@ -278,6 +313,7 @@ class DistillationConfig(ConfigBase):
         if self.teacher_cache != "none" and self.is_caching_logits:
             raise ConfigError("choose one cache: is_caching_logits (TextBrewer's, one pass kept in memory as "
                               "batches) or teacher_cache (per example, memory or disk)", "teacher_cache")
+        check_choice(self.textbrewer_numerics, "textbrewer_numerics", list(TEXTBREWER_NUMERICS))
 
     @staticmethod
     def _matches(ms):
@@ -303,10 +339,59 @@ class DistillationConfig(ConfigBase):
         return out
 
     # -- resolved callables (used by the distillers; the config itself stays plain data) ---------------
-    def temperature_scheduler_fn(self):
+    def spec(self, name: str) -> Any:
+        """The stored, plain-data value of field ``name``: what ``to_dict`` writes and the engine resolves.
+
+        In this class it is simply the attribute. ``brewkit.compat.textbrewer.DistillationConfig`` shows
+        TextBrewer's resolved callables under the three scheduler attributes instead, and keeps the specs
+        here; code that must work with both reads ``spec(...)`` or the ``*_fn`` methods below.
+        """
+        stored = vars(self)
+        return stored[name] if name in stored else getattr(self, name)
+
+    def temperature_scheduler_fn(self) -> Callable | None:
+        """``f(logits_S, logits_T, base_temperature)`` built from ``temperature_scheduler``; None for 'none'."""
         from .presets import TEMPERATURE_SCHEDULER
 
-        ts = self.temperature_scheduler
-        if ts == NONE:
+        ts = self.spec("temperature_scheduler")
+        if ts is None or ts == NONE:
             return None
-        return TEMPERATURE_SCHEDULER[ts] if isinstance(ts, list) else TEMPERATURE_SCHEDULER[ts]
+        return TEMPERATURE_SCHEDULER[ts]
+
+    def weight_scheduler_fn(self, name: str) -> Callable[[float], float] | None:
+        """``f(progress) -> weight`` for ``name`` ('kd_loss_weight_scheduler' or 'hard_label_weight_scheduler');
+        None for 'none'. progress = global_step / total_steps in (0, 1].
+
+        TextBrewer's schedulers (``linear_decay``, ``linear_growth``) give the weight itself (they replace the
+        configured weight after the first optimizer step); those registered with ``scales_base=True``
+        (``scaled_linear_decay``, ``cosine_decay``, ...) are multiplied by the configured base weight here.
+        """
+        from .presets import WEIGHT_SCHEDULER
+
+        if name not in ("kd_loss_weight_scheduler", "hard_label_weight_scheduler"):
+            raise ConfigError("is not a weight scheduler field; use 'kd_loss_weight_scheduler' or "
+                              "'hard_label_weight_scheduler'", name)
+        spec = self.spec(name)
+        if spec is None or spec == NONE:
+            return None
+        fn = WEIGHT_SCHEDULER[spec]
+        if not WEIGHT_SCHEDULER.meta(spec).get("scales_base"):
+            return fn
+        base = self.spec(name[: -len("_scheduler")])
+        return functools.partial(_scaled, fn, base)
+
+    def match_loss_fn(self, loss: str) -> Callable:
+        """The ``MATCH_LOSS_MAP`` entry ``loss``, under ``textbrewer_numerics``: with ``'0.2.1'`` the built-in
+        ``mmd`` / ``nst`` use PyPI 0.2.1's masked scaling (Gram matrices divided by the sequence length L instead
+        of each model's hidden size); every other loss is the registered function itself."""
+        from .losses import mmd_loss
+        from .presets import MATCH_LOSS_MAP
+
+        fn = MATCH_LOSS_MAP[loss]
+        if self.textbrewer_numerics == "0.2.1" and fn is mmd_loss:
+            return functools.partial(mmd_loss, legacy_pypi_scaling=True)
+        return fn
+
+
+def _scaled(fn: Callable[[float], float], base: float, progress: float) -> float:
+    return base * fn(progress)
