@@ -16,9 +16,10 @@ Two families of attention losses:
   arithmetic, so zeros, ``-inf`` or NaN there never reach the value or the gradient.
 
 Every loss computes in float32 (half and bfloat16 inputs are upcast; float64 stays float64) and returns a
-0-d tensor. The losses divide by the number of valid positions; where that is 0 (an all-zero mask, a fully padded
-example in ``fsp``, a zero [CLS] vector in ``pkd``) they return a defined 0 where TextBrewer gave NaN (0 / 0).
-Every finite value is TextBrewer's.
+0-d tensor. Where TextBrewer divided 0 by 0 and gave NaN, brewkit gives a defined value: an all-zero mask gives
+0; a fully padded example in ``fsp`` gives that example Gram matrices of 0 (it adds 0 but still counts in the
+mean); a zero [CLS] vector in ``pkd`` stays a zero vector (see each docstring). Every finite value is
+TextBrewer's.
 
 Differences from TextBrewer common to all: TextBrewer computed in the input dtype; the arguments are named
 ``feature_S, feature_T`` (TextBrewer: ``attention_S`` / ``state_S``, ...); wrong ranks, mismatched shapes and
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .kd import _float_tensor, _shape
+from .checks import float_tensor, shape_of
 
 #: Smallest positive normal float32; ``log`` of probabilities is clamped here so that 0 stays finite.
 _TINY = torch.finfo(torch.float32).tiny
@@ -43,9 +44,9 @@ _PAD_THRESHOLD = -1e-3
 
 # -- argument checks ---------------------------------------------------------------------------------------
 def _ranked(x: object, name: str, ranks: tuple[int, ...], layout: str) -> torch.Tensor:
-    t = _float_tensor(x, name)
+    t = float_tensor(x, name)
     if t.dim() not in ranks:
-        raise ConfigError(f"must have shape {layout}, got shape {_shape(t)}", name)
+        raise ConfigError(f"must have shape {layout}, got shape {shape_of(t)}", name)
     return t
 
 
@@ -58,17 +59,17 @@ def _common_dtype(*xs: torch.Tensor) -> list[torch.Tensor]:
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, layout: str, hint: str = "") -> None:
     if a.shape != b.shape:
-        raise ConfigError(f"feature_S and feature_T must have the same shape {layout}, got {_shape(a)} and "
-                          f"{_shape(b)}{hint}", "feature_T")
+        raise ConfigError(f"feature_S and feature_T must have the same shape {layout}, got {shape_of(a)} and "
+                          f"{shape_of(b)}{hint}", "feature_T")
 
 
 def _mask_weights(mask: object, like: torch.Tensor, batch: int, length: int, layout: str) -> torch.Tensor:
     """The ``(B, L)`` mask as weights in ``like``'s dtype and device."""
     if not isinstance(mask, torch.Tensor):
         raise ConfigError(f"must be a (B, L) tensor or None, got {type(mask).__name__}", "mask")
-    if _shape(mask) != (batch, length):
+    if shape_of(mask) != (batch, length):
         raise ConfigError(f"must have shape (B, L) = {(batch, length)} to match features of shape {layout}, "
-                          f"got {_shape(mask)}", "mask")
+                          f"got {shape_of(mask)}", "mask")
     return mask.to(device=like.device, dtype=like.dtype)
 
 
@@ -82,7 +83,7 @@ def _attention_pair(feature_S: object, feature_T: object, *, same_heads: bool = 
     elif a_S.shape[0] != a_T.shape[0] or a_S.shape[2:] != a_T.shape[2:]:
         # The head axis is reduced away, so only (B, L, L) has to agree.
         raise ConfigError(f"feature_S and feature_T must agree on (B, L, L) (the head counts may differ), got "
-                          f"{_shape(a_S)} and {_shape(a_T)}", "feature_T")
+                          f"{shape_of(a_S)} and {shape_of(a_T)}", "feature_T")
     a_S, a_T = _common_dtype(a_S, a_T)
     return a_S, a_T
 
@@ -91,7 +92,7 @@ def _attention_mask(mask: object, attention: torch.Tensor) -> torch.Tensor:
     """The ``(B, L)`` mask for ``(B, [H,] L, L)`` attention; masking query and key needs a square map."""
     if attention.shape[-1] != attention.shape[-2]:
         raise ConfigError(f"a mask applies to square (..., L, L) self-attention maps, got shape "
-                          f"{_shape(attention)}", "feature_S")
+                          f"{shape_of(attention)}", "feature_S")
     return _mask_weights(mask, attention, attention.shape[0], attention.shape[-1], "(B, [H,] L, L)")
 
 
@@ -113,14 +114,14 @@ def _drop_padding(x: torch.Tensor) -> torch.Tensor:
 
 def _two_layers(x: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(x, torch.Tensor) or not isinstance(x, Sequence) or len(x) != 2:
-        got = f"a tensor of shape {_shape(x)}" if isinstance(x, torch.Tensor) else (
+        got = f"a tensor of shape {shape_of(x)}" if isinstance(x, torch.Tensor) else (
             f"a {type(x).__name__} of length {len(x)}" if isinstance(x, Sequence) else type(x).__name__)
         raise ConfigError(f"a two-layer loss takes a list of two (B, L, D) tensors [X0, X1] (use list layers "
                           f"such as layer_S: [0, 1]), got {got}", name)
     x0 = _ranked(x[0], f"{name}[0]", (3,), "(B, L, D)")
     x1 = _ranked(x[1], f"{name}[1]", (3,), "(B, L, D)")
     if x0.shape[:2] != x1.shape[:2]:
-        raise ConfigError(f"{name}[0] and {name}[1] must agree on (B, L), got {_shape(x0)} and {_shape(x1)}",
+        raise ConfigError(f"{name}[0] and {name}[1] must agree on (B, L), got {shape_of(x0)} and {shape_of(x1)}",
                           name)
     x0, x1 = _common_dtype(x0, x1)
     return x0, x1
@@ -353,8 +354,11 @@ def pkd_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tenso
     """MSE of L2-normalised [CLS] vectors (TextBrewer ``pkd``; BERT-PKD).
 
     Shapes: ``(B, L, D)`` (position 0 is used) or ``(B, D)`` (used as is), independently for S and T.
-    ``u = x / ||x||_2`` (no epsilon: a zero vector gives NaN, as in TextBrewer) and
-    ``loss = mean_b ||u^S_b - u^T_b||^2 = mean_b (2 - 2 cos_b)``. The mask is ignored.
+    ``u = x / ||x||_2`` and ``loss = mean_b ||u^S_b - u^T_b||^2 = mean_b (2 - 2 cos_b)``. The mask is ignored.
+
+    Difference from TextBrewer: a zero [CLS] vector stays 0 instead of being divided by its zero norm, so it
+    contributes ``||u_other||^2`` (1, or 0 when both are zero) instead of TextBrewer's NaN; every other
+    value is TextBrewer's (no epsilon is added).
     """
     layout = "(B, L, D) or (B, D)"
     x_S = _ranked(feature_S, "feature_S", (2, 3), layout)
@@ -362,8 +366,8 @@ def pkd_loss(feature_S: torch.Tensor, feature_T: torch.Tensor, mask: torch.Tenso
     cls_S = x_S[:, 0] if x_S.dim() == 3 else x_S
     cls_T = x_T[:, 0] if x_T.dim() == 3 else x_T
     if cls_S.shape != cls_T.shape:
-        raise ConfigError(f"the [CLS] vectors must have the same shape (B, D), got {_shape(cls_S)} (from "
-                          f"{_shape(x_S)}) and {_shape(cls_T)} (from {_shape(x_T)})", "feature_T")
+        raise ConfigError(f"the [CLS] vectors must have the same shape (B, D), got {shape_of(cls_S)} (from "
+                          f"{shape_of(x_S)}) and {shape_of(cls_T)} (from {shape_of(x_T)})", "feature_T")
     cls_S, cls_T = _common_dtype(cls_S, cls_T)
     u_S = _safe_divide(cls_S, torch.norm(cls_S, dim=1, keepdim=True))  # a zero vector stays 0 (TextBrewer: NaN)
     u_T = _safe_divide(cls_T, torch.norm(cls_T, dim=1, keepdim=True))
@@ -379,8 +383,9 @@ def fsp_loss(feature_S: Sequence[torch.Tensor], feature_T: Sequence[torch.Tensor
     same widths (use ``proj``, which is applied to both student tensors). Mask ``(B, L)``.
 
     * No mask: ``G = X0^T X1 / L`` (``(B, D, D)``), ``loss = mean_{b,d,e} (G^S - G^T)^2``.
-    * Mask: ``X <- X * m``, ``G_b = X0_b^T X1_b / n_b``, same mean over ``B * D * D``
-      (an example with ``n_b = 0`` gives NaN, as in TextBrewer).
+    * Mask: ``X <- X * m``, ``G_b = X0_b^T X1_b / n_b``, same mean over ``B * D * D``. An example with
+      ``n_b = 0`` (fully padded) has ``G_b = 0`` for both models, so it adds 0 to the sum but still counts in
+      the mean (TextBrewer: NaN, from 0 / 0).
     """
     s0, s1 = _two_layers(feature_S, "feature_S")
     t0, t1 = _two_layers(feature_T, "feature_T")
@@ -388,14 +393,14 @@ def fsp_loss(feature_S: Sequence[torch.Tensor], feature_T: Sequence[torch.Tensor
     if (s0.shape[0], s0.shape[-1], s1.shape[-1]) != (t0.shape[0], t0.shape[-1], t1.shape[-1]):
         raise ConfigError(f"fsp compares (B, D, D) Gram matrices, so student and teacher need the same batch "
                           f"and widths (add proj: ['linear', D_S, D_T] to the match); got student "
-                          f"{_shape(s0)}, {_shape(s1)} and teacher {_shape(t0)}, {_shape(t1)}", "feature_T")
+                          f"{shape_of(s0)}, {shape_of(s1)} and teacher {shape_of(t0)}, {shape_of(t1)}", "feature_T")
     if mask is None:
         gram_S = torch.bmm(s0.transpose(1, 2), s1) / s1.shape[1]
         gram_T = torch.bmm(t0.transpose(1, 2), t1) / t1.shape[1]
     else:
         if s0.shape[1] != t0.shape[1]:
-            raise ConfigError(f"with a mask, student and teacher need the same length L, got {_shape(s0)} and "
-                              f"{_shape(t0)}", "feature_T")
+            raise ConfigError(f"with a mask, student and teacher need the same length L, got {shape_of(s0)} and "
+                              f"{shape_of(t0)}", "feature_T")
         m = _mask_weights(mask, s0, s0.shape[0], s0.shape[1], "(B, L, D)")[:, :, None]  # (B, L, 1)
         lengths = m.sum(dim=1, keepdim=True)  # (B, 1, 1)
         gram_S = _safe_divide(torch.bmm((s0 * m).transpose(1, 2), s1 * m), lengths)
@@ -423,11 +428,11 @@ def mmd_loss(feature_S: Sequence[torch.Tensor], feature_T: Sequence[torch.Tensor
     s0, s1, t0, t1 = _common_dtype(s0, s1, t0, t1)
     for name, x0, x1 in (("feature_S", s0, s1), ("feature_T", t0, t1)):
         if x0.shape[-1] != x1.shape[-1]:
-            raise ConfigError(f"{name}[0] and {name}[1] must have the same width D, got {_shape(x0)} and "
-                              f"{_shape(x1)}", name)
+            raise ConfigError(f"{name}[0] and {name}[1] must have the same width D, got {shape_of(x0)} and "
+                              f"{shape_of(x1)}", name)
     if s0.shape[:2] != t0.shape[:2]:
         raise ConfigError(f"mmd compares (B, L, L) similarity matrices, so student and teacher need the same "
-                          f"(B, L); got {_shape(s0)} and {_shape(t0)}", "feature_T")
+                          f"(B, L); got {shape_of(s0)} and {shape_of(t0)}", "feature_T")
     scale_dim = 1 if (mask is not None and legacy_pypi_scaling) else 2
     gram_S = torch.bmm(s0, s1.transpose(1, 2)) / s1.shape[scale_dim]
     gram_T = torch.bmm(t0, t1.transpose(1, 2)) / t1.shape[scale_dim]

@@ -34,6 +34,7 @@ import math
 import torch
 
 from ..errors import ConfigError
+from .checks import IGNORE_INDEX, counted_rows
 
 #: TF-Ranking's epsilon and its log, the filler score of invalid items in faithful mode.
 EPSILON = 1e-10
@@ -137,7 +138,7 @@ def _sample_perms(t: torch.Tensor, valid: torch.Tensor, sample_size: int, mode: 
                   generator: torch.Generator | None) -> torch.Tensor:
     """S Plackett-Luce rankings per list by the Gumbel-max trick: argsort of t + Gumbel noise, [B, S, N]."""
     b, n = t.shape
-    kw = dict(device=t.device, dtype=torch.float32, generator=generator)
+    kw = {"device": t.device, "dtype": torch.float32, "generator": generator}
     u = torch.rand((b, sample_size, n), **kw)
     gumbel = -torch.log(-torch.log(u + 1e-20) + 1e-20)
     if mode == "clean":
@@ -304,8 +305,8 @@ def _expected_terms(s: torch.Tensor, t: torch.Tensor, k: int, leak: bool) -> tor
 
 
 def coupled_rank_distil_kd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor,
-                                temperature: float | torch.Tensor = 1.0, temperature_squared: bool = False, *,
-                                sample_size: int = 8, topk: int | None = None,
+                                temperature: float | torch.Tensor = 1.0, mask: torch.Tensor | None = None, *,
+                                temperature_squared: bool = False, sample_size: int = 8, topk: int | None = None,
                                 valid_mask: torch.Tensor | None = None,
                                 generator: torch.Generator | None = None) -> torch.Tensor:
     """``KD_LOSS_MAP['coupled_rank_distil']``: list-wise KD on ``[B, N]`` scores, clean mode, batch mean.
@@ -317,9 +318,20 @@ def coupled_rank_distil_kd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor,
     teacher rankings more random (softer targets). This differs from TF-Ranking's own ``temperature``, which
     divides the student only (use :func:`coupled_rank_distil_loss` for that). ``temperature`` may be a number
     or a per-list tensor ``[B]``; ``temperature_squared=True`` multiplies each list's loss by its tau^2 (off by
-    default, like the other KD losses).
+    default, like the other KD losses). ``mask`` (optional, bool or 0/1 ``[B]``) selects the lists that
+    count, as for the other KD entries: the loss is the mean over those (0 when none counts); a per-list
+    temperature may then have shape ``[B]`` or one value per counted list.
     """
     _check_scores(logits_S, logits_T)
+    if mask is not None:
+        keep = counted_rows(mask, None, IGNORE_INDEX, (logits_S.shape[0],), logits_S.device)
+        if isinstance(temperature, torch.Tensor) and temperature.shape in ((logits_S.shape[0],),
+                                                                            (logits_S.shape[0], 1)):
+            temperature = temperature.reshape(-1)[keep.to(temperature.device)]
+        logits_S, logits_T = logits_S[keep], logits_T[keep]
+        valid_mask = None if valid_mask is None else valid_mask[keep.to(valid_mask.device)]
+        if logits_S.shape[0] == 0:
+            return logits_S.sum() * 0.0  # no list counts: a defined 0 with a zero gradient
     teacher = logits_T.detach().to(_work_dtype(logits_S))
     tau = _temperature_column(temperature, logits_S.shape[0], teacher)
     per_list = coupled_rank_distil_loss(logits_S, teacher / tau, sample_size=sample_size, topk=topk,

@@ -1,31 +1,33 @@
-"""Logit KD for large vocabularies, computed a chunk of rows at a time.
+"""Logit KD for large vocabularies, computed a chunk of rows at a time: every divergence of the family.
 
-The plain losses (:func:`~brewkit.losses.kd.kd_ce_loss`, :func:`~brewkit.losses.kd.kd_kl_loss`) build several
-float32 ``(N, C)`` tensors (tempered logits, both softmaxes, their product) and autograd keeps some of them
-alive until backward. For ``N = 8192`` tokens and ``C = 32000`` classes each is 1 GB. The functions here
-give the same value and gradients while holding at most one chunk of rows in float32:
+The plain losses (:mod:`brewkit.losses.kd`, :mod:`brewkit.losses.divergences`) build several float32
+``(N, C)`` tensors (tempered logits, both softmaxes, their products) and autograd keeps some of them alive
+until backward. For ``N = 8192`` tokens and ``C = 32000`` classes each is 1 GB. The functions here give the
+same value and gradients while holding at most one chunk of rows in float32:
 
 * :func:`chunked_kd_loss` takes both logits tensors. Forward walks over chunks of rows and keeps only the
-  running sum; backward walks again, recomputes the softmaxes of each chunk and writes that chunk of the
-  gradient. The only ``(N, C)`` tensor it creates is the gradient of the student logits, in their dtype
-  (float32 logits: one 1 GB tensor where the plain loss peaks near three).
+  running sum; backward walks again, recomputes each chunk's row losses with autograd and writes that chunk
+  of the gradient. The only ``(N, C)`` tensor it creates is the gradient of the student logits, in their
+  dtype (float32 logits: one 1 GB tensor where the plain loss peaks near three).
 * :func:`fused_linear_kd_loss` takes the student's final hidden states and output-layer weight instead of
   its logits, so even that gradient disappears: each chunk's logits ``h W^T + b`` are made, used and dropped,
   and backward accumulates the gradients of ``h``, ``W`` and ``b`` chunk by chunk. The teacher may be given
   the same way (``hidden_T``, ``weight_T``).
 
-Rows and reduction are those of the plain losses: every leading position is a row, the loss is the mean over
-rows (over the selected rows when a ``mask`` is given). With ``p = softmax(z / tau)`` per row:
+One semantics: each chunk's row losses come from :func:`~brewkit.losses.divergences.divergence_per_row`,
+the function the plain losses call, so ``kind`` is any divergence of the family
+(``ce``, ``kl``, ``reverse_kl``, ``jsd`` (``beta``), ``skew_kl`` / ``skew_reverse_kl`` (``alpha``), ``tvd``;
+formulas in :mod:`brewkit.losses.divergences`), and the options mean the same in every form: the loss is the
+mean of the row losses over the counted rows (``mask`` / ``labels`` with ``ignore_index``; 0 when none
+counts), ``temperature_squared=True`` multiplies each row's loss by its tau^2, and ``softcap=c`` applies
+``z -> c * tanh(z / c)`` to both sides' logits before the temperature (Gemma-2's
+``final_logit_softcapping``; in the fused form to the logits each chunk computes, exactly where the model
+would apply it).
 
-* ``kind="ce"``: ``row loss = - sum_c p^T_c log p^S_c``            (TextBrewer's soft cross-entropy)
-* ``kind="kl"``: ``row loss = sum_c p^T_c (log p^T_c - log p^S_c)`` (terms with ``p^T_c = 0`` count 0)
-
-and ``temperature_squared=True`` multiplies each row's loss by its tau^2. Both kinds have the gradient
-``(p^S - p^T) / tau`` (times tau^2 and ``1 / rows``) with respect to the student logits.
-
-Precision: softmaxes are computed in float32 (float64 when an input is float64), as in the plain losses.
-The temperature is a constant for autograd (the temperature schedulers return detached values). Teacher
-logits / hidden states / weights that require grad get their gradients too (a frozen teacher's do not).
+Precision: each chunk's softmaxes and losses are computed in float32 (float64 when an input is float64),
+as in the plain losses. The temperature is a constant for autograd (the temperature schedulers return
+detached values). Teacher logits / hidden states / weights that require grad get their gradients too (a
+frozen teacher's do not).
 """
 from __future__ import annotations
 
@@ -36,27 +38,28 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
-from .kd import _temperature
+from .checks import (
+    IGNORE_INDEX,
+    check_same_device,
+    check_softcap,
+    check_tensor,
+    compute_dtype,
+    counted_row_indices,
+    counted_rows,
+    row_temperature,
+    shape_of,
+)
+from .divergences import check_kind, divergence_per_row, resolve_params
 
 #: Default chunks: about this many elements per (rows x classes) float32 temporary: 16 MiB for chunked_kd_loss,
 #: 64 MiB for fused_linear_kd_loss, whose matmuls run markedly faster on taller chunks.
 _CHUNK_ELEMENTS = 1 << 22
 _FUSED_CHUNK_ELEMENTS = 1 << 24
-_KINDS = ("ce", "kl")
 
 
 # -- argument checks -----------------------------------------------------------------------------------------
-def _tensor(x: object, name: str, floating: bool = True) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"must be a torch.Tensor, got {type(x).__name__}", name)
-    if floating and not x.is_floating_point():
-        raise ConfigError(f"must be a floating-point tensor, got dtype {x.dtype}", name)
-    return x
-
-
 def _check_options(kind: object, chunk_size: object, temperature_squared: object) -> None:
-    if kind not in _KINDS:
-        raise ConfigError(f"must be 'ce' (soft cross-entropy) or 'kl' (KL divergence), got {kind!r}", "kind")
+    check_kind(kind)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ConfigError(f"must be a positive integer (rows per chunk) or None (automatic), got {chunk_size!r}",
@@ -65,57 +68,22 @@ def _check_options(kind: object, chunk_size: object, temperature_squared: object
         raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
 
 
-def _check_same_device(tensors: dict[str, torch.Tensor | None]) -> None:
-    present = [(n, t) for n, t in tensors.items() if t is not None]
-    first_name, first = present[0]
-    for name, t in present[1:]:
-        if t.device != first.device:
-            raise ConfigError(f"is on {t.device} but {first_name} is on {first.device}; put every input on one "
-                              "device", name)
-
-
-def _selected_rows(mask: object, lead_shape: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
-    """Flat indices of the rows ``mask`` selects (``None``: every row)."""
-    if mask is None:
-        return None
-    _tensor(mask, "mask", floating=False)
-    if mask.is_floating_point() or mask.is_complex():
-        raise ConfigError(f"must be a bool or integer (0/1) tensor, got dtype {mask.dtype}", "mask")
-    if tuple(mask.shape) != lead_shape:
-        raise ConfigError(f"must have one entry per row, i.e. shape {lead_shape} (the leading dimensions of the "
-                          f"logits / hidden states); got shape {tuple(mask.shape)}", "mask")
-    return mask.to(device).reshape(-1).nonzero().squeeze(1)
-
-
-def _row_temperature(temperature: object, lead_shape: tuple[int, ...], rows: torch.Tensor | None,
-                     n_selected: int, like: torch.Tensor) -> float | torch.Tensor:
-    """tau as a float, a detached 0-d tensor, or a detached ``(n_selected,)`` tensor (the selected rows')."""
-    if not isinstance(temperature, torch.Tensor):
-        return _temperature(temperature, like)  # a positive finite number, or kd.py's ConfigError
-    tau = temperature.detach().to(device=like.device, dtype=like.dtype)
-    if tau.dim() == 0:
-        return tau
-    if tuple(tau.shape) == lead_shape:
-        tau = tau.reshape(-1)
-        return tau if rows is None else tau[rows]
-    if rows is not None and tau.dim() == 1 and tau.shape[0] == n_selected:
-        return tau  # already one value per selected row
-    allowed = f"0-d, or one value per row: shape {lead_shape}"
-    if rows is not None:
-        allowed += f", or ({n_selected},) for the rows the mask selects"
-    raise ConfigError(f"a temperature tensor must be {allowed}; got shape {tuple(tau.shape)}", "temperature")
-
-
-def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
 def _auto_chunk(chunk_size: int | None, n_classes: int, elements: int) -> int:
     return chunk_size if chunk_size is not None else max(1, elements // max(n_classes, 1))
+
+
+class _Options:
+    """What the autograd Function needs besides tensors (one object, so input positions stay fixed)."""
+
+    def __init__(self, kind: str, params: dict, softcap: float | None, t2: bool, chunk: int, n_rows: int,
+                 dtype: torch.dtype):
+        self.kind, self.params, self.softcap, self.t2 = kind, params, softcap, t2
+        self.chunk, self.n_rows, self.dtype = chunk, n_rows, dtype
+
+    def row_losses(self, zS: torch.Tensor, zT: torch.Tensor, tau_c: float | torch.Tensor) -> torch.Tensor:
+        """The chunk's row losses, times tau^2 when asked: ``(rows,)``."""
+        per_row = divergence_per_row(self.kind, zS, zT, tau_c, softcap=self.softcap, **self.params)
+        return per_row * _per_row(tau_c) ** 2 if self.t2 else per_row
 
 
 # -- the shared autograd Function ----------------------------------------------------------------------------
@@ -128,10 +96,12 @@ class _Side:
         self.z, self.h, self.w, self.b = z, h, w, b
 
     def logits(self, sel: slice | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self.z is not None:
-            return self.z[sel].to(dtype)
-        # The matmul runs in the inputs' dtype, like the model's own output layer would.
-        return F.linear(self.h[sel], self.w, self.b).to(dtype)
+        """The chunk's logits in ``dtype``, outside any autograd graph."""
+        with torch.no_grad():
+            if self.z is not None:
+                return self.z[sel].to(dtype)
+            # The matmul runs in the inputs' dtype, like the model's own output layer would.
+            return F.linear(self.h[sel], self.w, self.b).to(dtype)
 
     def new_grads(self, needs: tuple[bool, bool, bool, bool], dtype: torch.dtype, full_rows: bool) -> list:
         """Gradient buffers for (z, h, w, b). ``w`` and ``b`` sum over chunks, so they accumulate in ``dtype``."""
@@ -162,7 +132,7 @@ class _Side:
 
 
 def _chunks(n_rows: int, chunk: int, rows: torch.Tensor | None):
-    """``(start, end, selector)`` over the selected rows: a slice of all rows, or a slice of ``rows``."""
+    """``(start, end, selector)`` over the counted rows: a slice of all rows, or a slice of ``rows``."""
     for start in range(0, n_rows, chunk):
         end = min(start + chunk, n_rows)
         yield start, end, slice(start, end) if rows is None else rows[start:end]
@@ -179,77 +149,56 @@ def _per_row(tau_c: float | torch.Tensor) -> float | torch.Tensor:
 
 
 class _ChunkedKD(torch.autograd.Function):
-    """``mean over selected rows of KD(student logits, teacher logits)``, one chunk of rows at a time.
+    """``mean over counted rows of divergence(student logits, teacher logits)``, one chunk of rows at a time.
 
-    Inputs after the options: ``rows`` (flat indices of the selected rows, or None for all), ``tau`` (float or
-    per-selected-row tensor), then the student's ``z, h, w, b`` and the teacher's ``z, h, w, b`` (unused ones
-    None). Forward keeps nothing but the inputs; backward recomputes each chunk's softmaxes.
+    Inputs: ``opts`` (:class:`_Options`), ``rows`` (flat indices of the counted rows, or None for all), ``tau``
+    (float or per-counted-row tensor), then the student's ``z, h, w, b`` and the teacher's ``z, h, w, b``
+    (unused ones None). Forward keeps nothing but the inputs; backward recomputes each chunk's row losses
+    under autograd and turns the gradient of its logits into the gradients of the inputs.
     """
 
     @staticmethod
-    def forward(ctx, kind: str, t2: bool, chunk: int, n_rows: int, dtype: torch.dtype, rows, tau,
-                zS, hS, wS, bS, zT, hT, wT, bT):
+    def forward(ctx, opts: _Options, rows, tau, zS, hS, wS, bS, zT, hT, wT, bT):
         S, T = _Side(zS, hS, wS, bS), _Side(zT, hT, wT, bT)
-        total = torch.zeros((), dtype=dtype, device=(zS if zS is not None else hS).device)
-        # In-place ops below only ever touch tensors made in this loop, never the inputs.
-        for start, end, sel in _chunks(n_rows, chunk, rows):
+        total = torch.zeros((), dtype=opts.dtype, device=(zS if zS is not None else hS).device)
+        for start, end, sel in _chunks(opts.n_rows, opts.chunk, rows):
             tau_c = _tau_chunk(tau, start, end)
-            log_p_S = _log_probs(S, sel, dtype, tau_c)
-            log_p_T = _log_probs(T, sel, dtype, tau_c)
-            p_T = log_p_T.exp()
-            if kind == "ce":
-                per_row = log_p_S.mul_(p_T).sum(-1).neg_()
-            else:  # log p_T - log p_S, set to 0 where p_T = 0 (0 log 0 = 0; no -inf - -inf)
-                per_row = log_p_T.sub_(log_p_S).masked_fill_(p_T == 0, 0.0).mul_(p_T).sum(-1)
-            if t2:
-                per_row = per_row * _per_row(tau_c) ** 2
-            total += per_row.sum()
-            del log_p_S, log_p_T, p_T
-        ctx.options = (kind, t2, chunk, n_rows, dtype, None if isinstance(tau, torch.Tensor) else tau)
+            total += opts.row_losses(S.logits(sel, opts.dtype), T.logits(sel, opts.dtype), tau_c).sum()
+        ctx.opts = opts
+        ctx.tau_float = None if isinstance(tau, torch.Tensor) else tau
         ctx.save_for_backward(rows, tau if isinstance(tau, torch.Tensor) else None, zS, hS, wS, bS, zT, hT, wT, bT)
-        return total / max(n_rows, 1)
+        return total / max(opts.n_rows, 1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        kind, t2, chunk, n_rows, dtype, tau_float = ctx.options
+        opts = ctx.opts
         rows, tau_tensor, zS, hS, wS, bS, zT, hT, wT, bT = ctx.saved_tensors
-        tau = tau_float if tau_tensor is None else tau_tensor
+        tau = ctx.tau_float if tau_tensor is None else tau_tensor
         S, T = _Side(zS, hS, wS, bS), _Side(zT, hT, wT, bT)
-        needs_S, needs_T = ctx.needs_input_grad[7:11], ctx.needs_input_grad[11:15]
-        grads_S = S.new_grads(needs_S, dtype, rows is None) if any(needs_S) else None
-        grads_T = T.new_grads(needs_T, dtype, rows is None) if any(needs_T) else None
-        scale = grad_out.to(dtype) / max(n_rows, 1)
+        needs_S, needs_T = ctx.needs_input_grad[3:7], ctx.needs_input_grad[7:11]
+        grads_S = S.new_grads(needs_S, opts.dtype, rows is None) if any(needs_S) else None
+        grads_T = T.new_grads(needs_T, opts.dtype, rows is None) if any(needs_T) else None
+        scale = grad_out.to(opts.dtype) / max(opts.n_rows, 1)
         device_type = (zS if zS is not None else hS).device.type
         with torch.autocast(device_type, enabled=False):
-            for start, end, sel in _chunks(n_rows, chunk, rows):
+            for start, end, sel in _chunks(opts.n_rows, opts.chunk, rows):
                 tau_c = _tau_chunk(tau, start, end)
-                # Each row's loss is divided by n_rows, maybe times tau^2, and depends on z / tau.
-                row_scale = scale / tau_c
-                if t2:
-                    row_scale = row_scale * tau_c ** 2
-                log_p_S = _log_probs(S, sel, dtype, tau_c)
-                log_p_T = _log_probs(T, sel, dtype, tau_c)
-                p_T = log_p_T.exp() if grads_T is not None else log_p_T.exp_()
-                if grads_T is not None:
-                    # d row_loss / d (z_T / tau) = p_T * (g - row_loss), g = -log p_S (ce) or log p_T - log p_S.
-                    g = log_p_S.neg() if kind == "ce" else (log_p_T - log_p_S).masked_fill_(p_T == 0, 0.0)
-                    g.sub_((p_T * g).sum(-1, keepdim=True)).mul_(p_T).mul_(row_scale)
-                    T.add_grad(grads_T, sel, g)
-                    del g
+                z_S = S.logits(sel, opts.dtype).detach().requires_grad_(grads_S is not None)
+                z_T = T.logits(sel, opts.dtype).detach().requires_grad_(grads_T is not None)
+                with torch.enable_grad():  # the chunk's graph only: its logits are fresh leaves
+                    chunk_loss = opts.row_losses(z_S, z_T, tau_c).sum() * scale
+                    got = torch.autograd.grad(chunk_loss, [z for z in (z_S, z_T) if z.requires_grad])
+                del chunk_loss, z_S, z_T
+                # Outside grad mode: the gradient buffers must not join any graph.
                 if grads_S is not None:
-                    # d row_loss / d (z_S / tau) = p_S - p_T, for both kinds.
-                    S.add_grad(grads_S, sel, log_p_S.exp_().sub_(p_T).mul_(row_scale))
-                del log_p_S, log_p_T, p_T
+                    S.add_grad(grads_S, sel, got[0])
+                if grads_T is not None:
+                    T.add_grad(grads_T, sel, got[-1])
+                del got
         out_S = _Side.finish(grads_S, [zS, hS, wS, bS]) if grads_S is not None else [None] * 4
         out_T = _Side.finish(grads_T, [zT, hT, wT, bT]) if grads_T is not None else [None] * 4
-        return (None,) * 7 + tuple(out_S) + tuple(out_T)
-
-
-def _log_probs(side: _Side, sel: slice | torch.Tensor, dtype: torch.dtype,
-               tau_c: float | torch.Tensor) -> torch.Tensor:
-    """``log_softmax(z / tau)`` of one chunk, a fresh tensor in ``dtype``."""
-    return F.log_softmax(side.logits(sel, dtype) / tau_c, dim=-1)
+        return (None,) * 3 + tuple(out_S) + tuple(out_T)
 
 
 def _autocast_inputs(tensors: list[torch.Tensor | None], device_type: str) -> list[torch.Tensor | None]:
@@ -260,122 +209,147 @@ def _autocast_inputs(tensors: list[torch.Tensor | None], device_type: str) -> li
     return [t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
 
 
+def _counted(mask: object, labels: object, ignore_index: object, lead: tuple[int, ...], temperature: object,
+             like: torch.Tensor) -> tuple[torch.Tensor | None, int, float | torch.Tensor]:
+    """``(rows, n_rows, tau)``: the counted rows' flat indices (None: all), their number, their detached tau."""
+    rows = counted_row_indices(counted_rows(mask, labels, ignore_index, lead, like.device))
+    n_rows = math.prod(lead) if rows is None else rows.numel()
+    tau = row_temperature(temperature, lead, rows, n_rows, like)
+    return rows, n_rows, tau.detach() if isinstance(tau, torch.Tensor) else tau
+
+
 # -- public functions ----------------------------------------------------------------------------------------
 def chunked_kd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                     kind: str = "ce", chunk_size: int | None = None, temperature_squared: bool = False,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft cross-entropy (``kind="ce"``) or KL (``kind="kl"``) KD on logits, chunk by chunk over rows.
+                    mask: torch.Tensor | None = None, *, softcap: float | None = None,
+                    labels: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX,
+                    beta: float | None = None, alpha: float | None = None) -> torch.Tensor:
+    """Logit KD with divergence ``kind`` (default ``"ce"``, soft cross-entropy), chunk by chunk over rows.
 
     Shapes: ``logits_S``, ``logits_T``: ``(N, C)`` or ``(B, L, C)`` (any ``(..., C)``), same shape; every
-    leading position is a row. ``mask``: optional, the leading shape (``(B, L)``), bool or 0/1; only rows
-    where it is true count. ``temperature``: a positive number, a 0-d tensor, or one value per row (shape
-    ``logits.shape[:-1]``, or ``(M,)`` for the ``M`` rows the mask selects).
+    leading position is a row. ``mask``: optional, the leading shape (``(B, L)``), bool or 0/1 integers; only
+    rows where it is true count. ``labels``: optional, the leading shape, integer; rows whose label is
+    ``ignore_index`` (default -100) do not count. ``temperature``: a positive number, a 0-d tensor, or one value
+    per row (shape ``logits.shape[:-1]``, ``(N,)`` for the rows flattened, or ``(M,)`` for the ``M`` counted
+    rows). ``beta`` (``jsd``) and ``alpha`` (``skew_kl``, ``skew_reverse_kl``): the divergence's parameter
+    (None: its default); giving one a kind does not take is an error. ``softcap``: see the module docstring.
 
-    Value and gradients equal ``kd_ce_loss`` / ``kd_kl_loss`` on the selected rows
-    (``loss = mean_r rowloss_r``, see the module docstring), but no float32 ``(N, C)`` tensor is kept: each
-    chunk of ``chunk_size`` rows (default: 4M elements' worth, 16 MiB in float32) is upcast, softmaxed and
-    dropped, in forward and again in backward. With no selected row the loss is 0 (the plain losses give NaN).
+    Value and gradients equal the plain loss of the same kind on the counted rows (``loss = mean_r
+    rowloss_r``), but no float32 ``(N, C)`` tensor is kept: each chunk of ``chunk_size`` rows (default: 4M
+    elements' worth, 16 MiB in float32) is upcast, used and dropped, in forward and again in backward. With no
+    counted row the loss is 0 and so are the gradients.
     """
     _check_options(kind, chunk_size, temperature_squared)
-    _tensor(logits_S, "logits_S")
-    _tensor(logits_T, "logits_T")
+    params = resolve_params(kind, {"beta": beta, "alpha": alpha})
+    softcap = check_softcap(softcap)
+    check_tensor(logits_S, "logits_S")
+    check_tensor(logits_T, "logits_T")
     if logits_S.dim() < 1:
         raise ConfigError("must have at least one dimension (the classes, last)", "logits_S")
     if logits_S.shape != logits_T.shape:
         raise ConfigError(f"logits_S and logits_T must have the same shape (..., C), got "
-                          f"{tuple(logits_S.shape)} and {tuple(logits_T.shape)}", "logits_T")
-    _check_same_device({"logits_S": logits_S, "logits_T": logits_T})
-    lead, n_classes = tuple(logits_S.shape[:-1]), logits_S.shape[-1]
-    dtype = _compute_dtype(logits_S, logits_T)
-    rows = _selected_rows(mask, lead, logits_S.device)
-    n_rows = math.prod(lead) if rows is None else rows.numel()
-    tau = _row_temperature(temperature, lead, rows, n_rows, logits_S.new_empty((), dtype=dtype))
+                          f"{shape_of(logits_S)} and {shape_of(logits_T)}", "logits_T")
+    check_same_device({"logits_S": logits_S, "logits_T": logits_T})
+    lead, n_classes = shape_of(logits_S)[:-1], logits_S.shape[-1]
+    dtype = compute_dtype(logits_S, logits_T)
+    rows, n_rows, tau = _counted(mask, labels, ignore_index, lead, temperature,
+                                 logits_S.new_empty((), dtype=dtype))
     zS, zT = logits_S.reshape(-1, n_classes), logits_T.reshape(-1, n_classes)
-    chunk = _auto_chunk(chunk_size, n_classes, _CHUNK_ELEMENTS)
+    opts = _Options(kind, params, softcap, temperature_squared, _auto_chunk(chunk_size, n_classes, _CHUNK_ELEMENTS),
+                    n_rows, dtype)
     with torch.autocast(logits_S.device.type, enabled=False):
-        return _ChunkedKD.apply(kind, temperature_squared, chunk, n_rows, dtype, rows, tau,
-                                zS, None, None, None, zT, None, None, None)
+        return _ChunkedKD.apply(opts, rows, tau, zS, None, None, None, zT, None, None, None)
 
 
 def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_T: torch.Tensor | None = None,
                          bias_S: torch.Tensor | None = None, temperature: float | torch.Tensor = 1.0,
                          kind: str = "ce", chunk_size: int | None = None, mask: torch.Tensor | None = None,
                          temperature_squared: bool = False, hidden_T: torch.Tensor | None = None,
-                         weight_T: torch.Tensor | None = None, bias_T: torch.Tensor | None = None) -> torch.Tensor:
+                         weight_T: torch.Tensor | None = None, bias_T: torch.Tensor | None = None, *,
+                         softcap: float | None = None, labels: torch.Tensor | None = None,
+                         ignore_index: int = IGNORE_INDEX, beta: float | None = None,
+                         alpha: float | None = None) -> torch.Tensor:
     """KD from the student's final hidden states and output layer, without making its ``(N, C)`` logits.
 
     Equals ``chunked_kd_loss(F.linear(hidden_S, weight_S, bias_S), logits_T, ...)`` in value and in the
-    gradients of ``hidden_S``, ``weight_S`` and ``bias_S``.
+    gradients of ``hidden_S``, ``weight_S`` and ``bias_S``, for every ``kind`` of the divergence family.
 
     Shapes: ``hidden_S``: ``(N, D)`` or ``(B, L, D)``; ``weight_S``: ``(C, D)`` (an ``nn.Linear`` / LM head
     weight); ``bias_S``: ``(C,)`` or None. The teacher is either ``logits_T`` of shape
     ``hidden_S.shape[:-1] + (C,)``, or ``hidden_T`` (``hidden_S.shape[:-1] + (D_T,)``) with ``weight_T``
-    ``(C, D_T)`` and optional ``bias_T`` ``(C,)``. ``mask``, ``temperature``, ``kind`` and
-    ``temperature_squared`` are as in :func:`chunked_kd_loss`; ``chunk_size`` (rows per chunk) defaults to
+    ``(C, D_T)`` and optional ``bias_T`` ``(C,)``. ``mask``, ``labels``, ``ignore_index``, ``temperature``,
+    ``kind``, ``beta``, ``alpha``, ``softcap`` and ``temperature_squared`` are as in :func:`chunked_kd_loss`
+    (``mask`` / ``labels`` have the leading shape of ``hidden_S``); ``chunk_size`` (rows per chunk) defaults to
     16M elements' worth (64 MiB of float32 logits).
 
     Each chunk's logits ``hidden @ weight^T + bias`` are computed in the inputs' dtype (in the autocast dtype
-    under autocast, as the model's own output layer would be) and upcast for the softmaxes; the hidden-state
-    gradient is computed in that dtype too. The weight and bias gradients are computed and summed over chunks
-    in float32 (float64 for float64 inputs) and returned in the weight's dtype.
+    under autocast, as the model's own output layer would be), upcast, soft-capped when ``softcap`` is given,
+    and used for the losses; the hidden-state gradient is computed in that dtype too. The weight and bias
+    gradients are computed and summed over chunks in float32 (float64 for float64 inputs) and returned in
+    the weight's dtype.
     """
     _check_options(kind, chunk_size, temperature_squared)
-    _tensor(hidden_S, "hidden_S")
-    _tensor(weight_S, "weight_S")
+    params = resolve_params(kind, {"beta": beta, "alpha": alpha})
+    softcap = check_softcap(softcap)
+    check_tensor(hidden_S, "hidden_S")
+    check_tensor(weight_S, "weight_S")
     if hidden_S.dim() < 2:
-        raise ConfigError(f"must be (N, D) or (B, L, D), got shape {tuple(hidden_S.shape)}", "hidden_S")
+        raise ConfigError(f"must be (N, D) or (B, L, D), got shape {shape_of(hidden_S)}", "hidden_S")
     if weight_S.dim() != 2 or weight_S.shape[1] != hidden_S.shape[-1]:
         raise ConfigError(f"must be (C, D) with D = hidden_S.shape[-1] = {hidden_S.shape[-1]}, got shape "
-                          f"{tuple(weight_S.shape)}", "weight_S")
-    lead, n_classes = tuple(hidden_S.shape[:-1]), weight_S.shape[0]
+                          f"{shape_of(weight_S)}", "weight_S")
+    lead, n_classes = shape_of(hidden_S)[:-1], weight_S.shape[0]
     _check_bias(bias_S, n_classes, "bias_S")
     _check_matmul_dtypes(hidden_S, weight_S, bias_S, "S")
     if logits_T is not None:
         if hidden_T is not None or weight_T is not None or bias_T is not None:
             raise ConfigError("give the teacher as logits_T or as hidden_T + weight_T (+ bias_T), not both",
                               "logits_T")
-        _tensor(logits_T, "logits_T")
-        if tuple(logits_T.shape) != lead + (n_classes,):
+        check_tensor(logits_T, "logits_T")
+        if shape_of(logits_T) != lead + (n_classes,):
             raise ConfigError(f"must have shape {lead + (n_classes,)} (hidden_S's rows x weight_S's classes), got "
-                              f"{tuple(logits_T.shape)}", "logits_T")
+                              f"{shape_of(logits_T)}", "logits_T")
     else:
         if hidden_T is None or weight_T is None:
             raise ConfigError("the teacher is missing: give logits_T, or hidden_T and weight_T",
                               "logits_T" if hidden_T is None and weight_T is None else
                               ("hidden_T" if hidden_T is None else "weight_T"))
-        _tensor(hidden_T, "hidden_T")
-        _tensor(weight_T, "weight_T")
-        if tuple(hidden_T.shape[:-1]) != lead:
+        check_tensor(hidden_T, "hidden_T")
+        check_tensor(weight_T, "weight_T")
+        if shape_of(hidden_T)[:-1] != lead:
             raise ConfigError(f"must have the rows of hidden_S, i.e. shape {lead} + (D_T,), got "
-                              f"{tuple(hidden_T.shape)}", "hidden_T")
-        if weight_T.dim() != 2 or tuple(weight_T.shape) != (n_classes, hidden_T.shape[-1]):
+                              f"{shape_of(hidden_T)}", "hidden_T")
+        if weight_T.dim() != 2 or shape_of(weight_T) != (n_classes, hidden_T.shape[-1]):
             raise ConfigError(f"must be (C, D_T) = ({n_classes}, {hidden_T.shape[-1]}) (the student's classes, "
-                              f"hidden_T's width), got shape {tuple(weight_T.shape)}", "weight_T")
+                              f"hidden_T's width), got shape {shape_of(weight_T)}", "weight_T")
         _check_bias(bias_T, n_classes, "bias_T")
         _check_matmul_dtypes(hidden_T, weight_T, bias_T, "T")
-    _check_same_device({"hidden_S": hidden_S, "weight_S": weight_S, "bias_S": bias_S, "logits_T": logits_T,
-                        "hidden_T": hidden_T, "weight_T": weight_T, "bias_T": bias_T})
+    check_same_device({"hidden_S": hidden_S, "weight_S": weight_S, "bias_S": bias_S, "logits_T": logits_T,
+                       "hidden_T": hidden_T, "weight_T": weight_T, "bias_T": bias_T})
     device_type = hidden_S.device.type
     hidden_S, weight_S, bias_S, hidden_T, weight_T, bias_T = _autocast_inputs(
         [hidden_S, weight_S, bias_S, hidden_T, weight_T, bias_T], device_type)
-    dtype = _compute_dtype(hidden_S, logits_T, hidden_T)
-    rows = _selected_rows(mask, lead, hidden_S.device)
-    n_rows = math.prod(lead) if rows is None else rows.numel()
-    tau = _row_temperature(temperature, lead, rows, n_rows, hidden_S.new_empty((), dtype=dtype))
-    flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])  # noqa: E731  (rows, features)
-    chunk = _auto_chunk(chunk_size, n_classes, _FUSED_CHUNK_ELEMENTS)
+    dtype = compute_dtype(hidden_S, logits_T, hidden_T)
+    rows, n_rows, tau = _counted(mask, labels, ignore_index, lead, temperature,
+                                 hidden_S.new_empty((), dtype=dtype))
+    opts = _Options(kind, params, softcap, temperature_squared,
+                    _auto_chunk(chunk_size, n_classes, _FUSED_CHUNK_ELEMENTS), n_rows, dtype)
     with torch.autocast(device_type, enabled=False):
-        return _ChunkedKD.apply(kind, temperature_squared, chunk, n_rows, dtype, rows, tau,
-                                None, flat(hidden_S), weight_S, bias_S,
-                                flat(logits_T), flat(hidden_T), weight_T, bias_T)
+        return _ChunkedKD.apply(opts, rows, tau, None, _flat(hidden_S), weight_S, bias_S,
+                                _flat(logits_T), _flat(hidden_T), weight_T, bias_T)
+
+
+def _flat(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``(..., F)`` as ``(rows, F)``."""
+    return None if x is None else x.reshape(-1, x.shape[-1])
 
 
 def _check_bias(bias: object, n_classes: int, name: str) -> None:
     if bias is None:
         return
-    _tensor(bias, name)
-    if tuple(bias.shape) != (n_classes,):
-        raise ConfigError(f"must have shape ({n_classes},) (one value per class), got {tuple(bias.shape)}", name)
+    check_tensor(bias, name)
+    if shape_of(bias) != (n_classes,):
+        raise ConfigError(f"must have shape ({n_classes},) (one value per class), got {shape_of(bias)}", name)
 
 
 def _check_matmul_dtypes(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, side: str) -> None:
@@ -387,14 +361,20 @@ def _check_matmul_dtypes(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
                               "inputs must share one dtype (or run under torch.autocast)", name)
 
 
-# -- KD_LOSS_MAP-shaped wrappers: f(logits_S, logits_T, temperature, temperature_squared) ------------------------
+# -- KD_LOSS_MAP-shaped wrappers: f(logits_S, logits_T, temperature, mask=None, **options) -------------------
 def chunked_kd_ce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
-                       temperature_squared: bool = False) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, *, temperature_squared: bool = False,
+                       softcap: float | None = None, labels: torch.Tensor | None = None,
+                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """:func:`chunked_kd_loss` with ``kind="ce"``: the value of ``kd_ce_loss`` without its float32 copies."""
-    return chunked_kd_loss(logits_S, logits_T, temperature, kind="ce", temperature_squared=temperature_squared)
+    return chunked_kd_loss(logits_S, logits_T, temperature, kind="ce", temperature_squared=temperature_squared,
+                           mask=mask, softcap=softcap, labels=labels, ignore_index=ignore_index)
 
 
 def chunked_kd_kl_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
-                       temperature_squared: bool = False) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, *, temperature_squared: bool = False,
+                       softcap: float | None = None, labels: torch.Tensor | None = None,
+                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """:func:`chunked_kd_loss` with ``kind="kl"``: the value of ``kd_kl_loss`` without its float32 copies."""
-    return chunked_kd_loss(logits_S, logits_T, temperature, kind="kl", temperature_squared=temperature_squared)
+    return chunked_kd_loss(logits_S, logits_T, temperature, kind="kl", temperature_squared=temperature_squared,
+                           mask=mask, softcap=softcap, labels=labels, ignore_index=ignore_index)
