@@ -1,7 +1,7 @@
 """The preset registries: every name a config can refer to.
 
 =====================  ==============================================================================
-``KD_LOSS_MAP``        ``f(logits_S, logits_T, temperature) -> scalar``
+``KD_LOSS_MAP``        ``f(logits_S, logits_T, temperature, mask=None, **kd_loss_args) -> scalar``
 ``MATCH_LOSS_MAP``     ``f(feature_S, feature_T, mask=None) -> scalar`` (two-layer losses take lists)
 ``PROJ_MAP``           ``factory(dim_in, dim_out) -> nn.Module``
 ``WEIGHT_SCHEDULER``   ``f(progress) -> weight``, progress = global_step / total_steps in (0, 1]
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from . import losses, projections, schedulers
 from .errors import ConfigError
+from .losses import divergences
 from .registry import Registry, SchedulerRegistry
 
 KD_LOSS_MAP = Registry("KD_LOSS_MAP", "kd loss")
@@ -30,20 +31,35 @@ FEATURES: list[str] = ["hidden", "attention"]
 ADAPTOR_KEYS: list[str] = ["logits", "logits_mask", "losses", "inputs_mask", "labels", "hidden", "attention"]
 
 # -- KD losses ------------------------------------------------------------------------------------------
-KD_LOSS_MAP.register("ce", description="soft cross-entropy -sum p_T log p_S at temperature tau (TextBrewer)")(
-    losses.kd_ce_loss)
-KD_LOSS_MAP.register("mse", description="mean squared error of logits / tau (TextBrewer)")(losses.kd_mse_loss)
-KD_LOSS_MAP.register("kl", description="true KL(p_T || p_S) at temperature tau, batch mean (new)")(
-    losses.kd_kl_loss)
-KD_LOSS_MAP.register("bce", description="multi-label KD: BCE against sigmoid(z_T / tau) (new)")(
-    losses.kd_bce_loss)
-KD_LOSS_MAP.register("chunked_ce", description="'ce' computed in row chunks: no full (N, C) float32 copies (new)")(
-    losses.chunked_kd_ce_loss)
-KD_LOSS_MAP.register("chunked_kl", description="'kl' computed in row chunks: no full (N, C) float32 copies (new)")(
-    losses.chunked_kd_kl_loss)
-KD_LOSS_MAP.register("coupled_rank_distil",
-                     description="list-wise KD: top-k Plackett-Luce NLL of teacher-sampled rankings (RankDistil)")(
-    losses.coupled_rank_distil_kd_loss)
+# Metadata: ``params`` (what ``kd_loss_args`` may set, with defaults and ranges; {} = nothing) and, for the
+# softmax divergences, ``kind``: the divergence the chunked and fused forms compute
+# (``brewkit.losses.divergences.kd_loss_implementation``).
+def _kd(name: str, fn: Callable, description: str, kind: str | None = None, params: dict | None = None) -> None:
+    params = dict(divergences.DIVERGENCE_PARAMS[kind]) if params is None and kind else (params or {})
+    forms = "plain | chunked | fused" if kind else "plain"
+    args = divergences.describe_params(params)
+    text = f"{description} [{forms}]" + (f"; kd_loss_args: {args}" if args else "")
+    KD_LOSS_MAP.register(name, description=text, kind=kind, params=params)(fn)
+
+
+_kd("ce", losses.kd_ce_loss, "soft cross-entropy -sum p_T log p_S at temperature tau (TextBrewer)", "ce")
+_kd("mse", losses.kd_mse_loss, "mean squared error of logits / tau (TextBrewer)")
+_kd("kl", losses.kd_kl_loss, "forward KL(p_T || p_S) at temperature tau, mean over rows (new)", "kl")
+_kd("bce", losses.kd_bce_loss, "multi-label KD: BCE against sigmoid(z_T / tau) (new)")
+_kd("reverse_kl", losses.kd_reverse_kl_loss, "reverse KL(p_S || p_T), mode-seeking (new)", "reverse_kl")
+_kd("jsd", losses.kd_jsd_loss, "generalized JSD (GKD Eq. 1): beta 0 forward KL, 1 reverse KL, as TRL (new)", "jsd")
+_kd("skew_kl", losses.kd_skew_kl_loss, "skew KL(p_T || alpha p_T + (1-alpha) p_S) (DistiLLM) (new)", "skew_kl")
+_kd("skew_reverse_kl", losses.kd_skew_reverse_kl_loss,
+    "skew reverse KL(p_S || alpha p_S + (1-alpha) p_T) (DistiLLM) (new)", "skew_reverse_kl")
+_kd("tvd", losses.kd_tvd_loss, "total variation 1/2 sum |p_T - p_S| (new)", "tvd")
+_kd("chunked_ce", losses.chunked_kd_ce_loss, "'ce' computed in row chunks: no full (N, C) float32 copies (new)", "ce")
+_kd("chunked_kl", losses.chunked_kd_kl_loss, "'kl' computed in row chunks: no full (N, C) float32 copies (new)", "kl")
+_kd("coupled_rank_distil", losses.coupled_rank_distil_kd_loss,
+    "list-wise KD: top-k Plackett-Luce NLL of teacher-sampled rankings (RankDistil)",
+    params={"sample_size": divergences.LossParam(8, low=1, integer=True, doc="rankings drawn per list"),
+            "topk": divergences.LossParam(None, low=1, integer=True, allow_none=True,
+                                          doc="positions of each ranking the student pays for (null: all)")})
+del _kd
 
 # -- match losses ---------------------------------------------------------------------------------------
 # unit = (with a mask, without): what each loss's mean divides by, so that the engine can normalise a term
