@@ -237,6 +237,17 @@ class DistillationConfig(ConfigBase):
     numbers (default), or the PyPI 0.2.1.post1 release's, whose masked ``mmd`` / ``nst`` divide each Gram
     matrix by the sequence length and whose KD term counts only the last logits pair when an adaptor returns
     several (``docs/textbrewer_compat.md`` lists each difference).
+
+    ``kd_loss_args`` (a mapping or None): the KD entry's parameters, e.g. ``{beta: 0.5}`` for ``jsd`` or
+    ``{alpha: 0.1}`` for ``skew_kl`` / ``skew_reverse_kl``; checked against what ``kd_loss_type`` declares
+    (``brewkit presets`` lists them): an unknown key is a ConfigError at ``kd_loss_args.<key>`` listing the
+    known ones, a value out of range names its key too. None (default) uses the entry's defaults.
+    ``kd_implementation`` ('plain' | 'chunked' | 'fused'): the form the KD term is computed in
+    (``brewkit.losses.divergences.kd_loss_implementation``): plain tensors, row chunks (no float32
+    ``(N, C)`` copies), or fused with the student's output layer (its ``(N, C)`` logits never exist; the
+    engine builds the hidden states and LM head from the task). Chunked and fused exist for the softmax
+    divergences (``ce``, ``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl``, ``tvd``); the same
+    value and gradients in every form.
     """
 
     temperature: float = 4
@@ -257,8 +268,11 @@ class DistillationConfig(ConfigBase):
     teacher_cache_dir: str | None = None
     teacher_cache_dtype: str = "float32"
     textbrewer_numerics: str = "master"
+    kd_loss_args: dict | None = None
+    kd_implementation: str = "plain"
 
     def __post_init__(self):
+        from .losses.divergences import IMPLEMENTATIONS, check_kd_loss_args, kd_loss_implementation
         from .presets import KD_LOSS_MAP, TEMPERATURE_SCHEDULER, WEIGHT_SCHEDULER
 
         self.temperature = check_number(self.temperature, "temperature", positive=True)
@@ -289,6 +303,10 @@ class DistillationConfig(ConfigBase):
         for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
             setattr(self, name, check_registered(WEIGHT_SCHEDULER, self.spec(name), name, none_ok=True))
         check_registered(KD_LOSS_MAP, self.kd_loss_type, "kd_loss_type")
+        self.kd_loss_args = check_kd_loss_args(self.kd_loss_type, KD_LOSS_MAP[self.kd_loss_type],
+                                               KD_LOSS_MAP.meta(self.kd_loss_type).get("params"), self.kd_loss_args)
+        check_choice(self.kd_implementation, "kd_implementation", list(IMPLEMENTATIONS))
+        kd_loss_implementation(self.kd_loss_type, self.kd_implementation)  # refuses a form the entry lacks
         self.probability_shift = check_bool(self.probability_shift, "probability_shift")
         self.is_caching_logits = check_bool(self.is_caching_logits, "is_caching_logits")
         self.kd_temperature_squared = check_bool(self.kd_temperature_squared, "kd_temperature_squared")
