@@ -1,4 +1,4 @@
-"""Which optimizer steps get a checkpoint (TextBrewer's schedule, textbrewer.md §4.2.4), the callback after each
+"""Which optimizer steps get a checkpoint (TextBrewer's schedule, docs/textbrewer.md), the callback after each
 save, ``save_total_limit`` pruning, and teacher caching in every distiller and mode (same losses as without)."""
 import json
 import os
@@ -31,9 +31,10 @@ def losses(out):
 
 
 def textbrewer_epoch_schedule(n_batches, accum, num_epochs, ckpt_frequency, ckpt_epoch_frequency):
-    """TextBrewer §4.2.4: cp = {floor(spe * c / f)}, save after step g of epoch e when (g mod spe) in cp and
-    the epoch is eligible ((e+1) % ckpt_epoch_frequency == 0 or it is the last). brewkit steps on an epoch's
-    short tail group, so spe = ceil(n_batches / accum) (equal to TextBrewer's floor when accum divides)."""
+    """TextBrewer's checkpoint schedule (docs/textbrewer.md): cp = {floor(spe * c / f)}, save after step g of
+    epoch e when (g mod spe) in cp and the epoch is eligible ((e+1) % ckpt_epoch_frequency == 0 or it is the
+    last). brewkit steps on an epoch's short tail group, so spe = ceil(n_batches / accum) (equal to TextBrewer's
+    floor when accum divides)."""
     spe = -(-n_batches // accum)
     cp = {spe * c // ckpt_frequency for c in range(ckpt_frequency)}
     out = []

@@ -133,7 +133,8 @@ def test_multi_teacher_aggregation(tmp_path):
         z1, z2, zs = t1(**batch)["logits"], t2(**batch)["logits"], student(**batch)["logits"]
     cases = {
         "mean": (DistillationConfig(temperature=2), soft_ce(zs, (z1 + z2) / 2, 2.0)),
-        "weighted": (DistillationConfig(temperature=2, teacher_weights=[3, 1]), soft_ce(zs, 0.75 * z1 + 0.25 * z2, 2.0)),
+        "weighted": (DistillationConfig(temperature=2, teacher_weights=[3, 1]),
+                     soft_ce(zs, 0.75 * z1 + 0.25 * z2, 2.0)),
         "probs": (DistillationConfig(temperature=2, teacher_aggregation="probs_mean"),
                   -((F.softmax(z1 / 2, -1) + F.softmax(z2 / 2, -1)) / 2 * F.log_softmax(zs / 2, -1)).sum(-1).mean()),
     }
@@ -177,7 +178,8 @@ def test_multi_task_sampling_weights_and_task_name(tmp_path):
              num_steps=20, task_weights={"a": 0.0, "b": 1.0})
     recs = metrics(tmp_path, "w")
     tasks = student.seen
-    for r, task in zip(recs, tasks):
+    assert len(recs) == len(tasks) == 20 and set(tasks) == {"a", "b"}  # one batch each: both tasks drawn
+    for r, task in zip(recs, tasks, strict=True):
         if task == "a":
             assert r["loss"] == 0.0
         else:
@@ -256,10 +258,17 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 def test_train_sets_modes_and_freezes_teacher_then_restores(tmp_path):
     teacher, student = Toy(dropout=0.5), Toy()
     teacher.train()
+    teacher_32, student_32 = copy.deepcopy(teacher), copy.deepcopy(student)
     student.eval()
     seen = {}
 
     def adaptor_T(batch, out):
+    # the same run in float32: close (the tiny BERT's logits are small, so are bf16's errors), not bit-identical
+    # (autocast really ran in bfloat16)
+    d32 = GeneralDistiller(tcfg(tmp_path, output_dir=str(tmp_path / "fp32")), dc, teacher_32, student_32)
+    d32.train(torch.optim.AdamW(student_32.parameters(), lr=1e-3), bert_batches(3), num_epochs=1)
+    losses, losses_32 = [r["loss"] for r in recs], [r["loss"] for r in metrics(tmp_path, "fp32")]
+    assert losses == pytest.approx(losses_32, rel=1e-3) and losses != losses_32
         seen["teacher_training"] = teacher.training
         seen["teacher_grad"] = any(p.requires_grad for p in teacher.parameters())
         seen["grad_enabled"] = torch.is_grad_enabled()
@@ -290,8 +299,12 @@ def test_batch_formats_mapping_tuple_and_teacher_student_split(tmp_path):
     batch = toy_batches(1)[0]
     torch.manual_seed(10)
     t, s = TupleToy(), TupleToy()
-    for b in (BatchEncoding(batch), (batch["x"], batch["mask"], batch["labels"])):
-        d = BasicDistiller(tcfg(tmp_path), DistillationConfig(), t, s, tuple_adaptor, tuple_adaptor)
+    with torch.no_grad():
+        kd = float(soft_ce(s(**batch)["logits"], t(**batch)["logits"], 4.0))
+        hard = float(F.cross_entropy(s(**batch)["logits"], batch["labels"]))
+    for name, b in (("mapping", BatchEncoding(batch)), ("tuple", (batch["x"], batch["mask"], batch["labels"]))):
+        d = BasicDistiller(tcfg(tmp_path, output_dir=str(tmp_path / name)), DistillationConfig(), t, s,
+                           tuple_adaptor, tuple_adaptor)
         d.train(torch.optim.SGD(s.parameters(), lr=0.0), [b], num_steps=1)
     # a precomputed teacher output replaces the teacher forward pass
     with torch.no_grad():
@@ -304,6 +317,9 @@ def test_batch_formats_mapping_tuple_and_teacher_student_split(tmp_path):
             [{"teacher": batch, "student": batch, "teacher_cache": cache}], num_steps=1)
     assert calls == []
     assert metrics(tmp_path, "tc")[0]["unweighted_kd_loss"] == pytest.approx(
+        rec = metrics(tmp_path, name)[0]  # both formats reach the models as (x, mask, labels)
+        assert rec["unweighted_kd_loss"] == pytest.approx(kd, rel=1e-5), name
+        assert rec["unweighted_hard_label_loss"] == pytest.approx(hard, rel=1e-5), name
         float(soft_ce(s(**batch)["logits"].detach(), cache["logits"], 4.0)), rel=1e-5)
 
 
@@ -398,13 +414,20 @@ def test_compile_option_trains_the_same_student(tmp_path):
                        toy_adaptor, toy_adaptor)
     d.train(torch.optim.SGD(student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
     assert d._student_forward is not student  # the compiled wrapper was used for the forward pass
-    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path))
+    plain = BasicDistiller(tcfg(tmp_path, output_dir=str(tmp_path / "plain")),
+                           DistillationConfig(hard_label_weight=1.0), teacher, plain_student, toy_adaptor, toy_adaptor)
+    plain.train(torch.optim.SGD(plain_student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
+    assert [r["loss"] for r in metrics(tmp_path)] == pytest.approx([r["loss"] for r in metrics(tmp_path, "plain")],
+                                                                   rel=1e-5)
+    for a, b in zip(student.parameters(), plain_student.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_multi_task_resume_is_exact_with_shuffling_loaders(tmp_path):
     """The task sampler's state and every task's loader position are checkpointed: a run stopped at step 5 and
     resumed ends where the uninterrupted run ends, having drawn the same tasks."""
     def run(out, stop_at=None, resume=False):
+    plain_student = copy.deepcopy(student)
         torch.manual_seed(11)
         student = TaskToy(dropout=0.1)
         teachers = {"a": Toy(d_h=8, n_layers=3), "b": Toy(d_h=8, n_layers=3)}

@@ -148,14 +148,15 @@ def test_faithful_padding_inside_topk_adds_ln_n():
 
 
 def test_faithful_fillers_with_very_negative_logits():
-    # reference §1.3: labels [2, 1, 0], logits [-30, -31, -32], topk 2, ranking (0, 1, 2): 8.3824 vs 0.7209
+    # TF-Ranking's filler artefact: labels [2, 1, 0], logits [-30, -31, -32], topk 2, ranking (0, 1, 2) give
+    # 8.3824 in TF, against 0.7209 without the fillers' epsilons
     s = torch.tensor([[-30.0, -31.0, -32.0]], dtype=torch.float64)
     t = torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64)
     faithful = coupled_rank_distil_loss(s, t, topk=2, perms=perms_of([0, 1, 2])).item()
     clean = coupled_rank_distil_loss(s, t, topk=2, perms=perms_of([0, 1, 2]), mode="clean").item()
     e = [math.exp(x) for x in (-30, -31, -32)]
     assert faithful == pytest.approx(LN(sum(e)) + 30 + LN(e[1] + e[2] + EPS) + 31, abs=1e-9)
-    # = 0.40760 + 7.97462; the reference quotes TF's value as 8.3824 (within 2e-4 of this formula)
+    # = 0.40760 + 7.97462; TF's value is quoted as 8.3824 (within 2e-4 of this formula)
     assert faithful == pytest.approx(8.3822, abs=1e-4)
     assert faithful == pytest.approx(8.3824, abs=1e-3)
     assert clean == pytest.approx(0.7209, abs=1e-4)
