@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             print_presets()
             return 0
-        from . import run
+        from . import run, runfile
 
-        cfg = run.load_run(args.run_file, args.overrides)
+        cfg = runfile.load_run(args.run_file, args.overrides)
         if args.command == "validate":
             print(run.validate_run(cfg))
         elif args.command == "train":

@@ -35,14 +35,14 @@ MODES = {
 
 def run_mode(name: str, teacher: str, out: str, steps: int | None, extra: list[str] = ()) -> dict:
     """Train the demo's student in one mode; time every optimizer step and record the batch lengths."""
-    from brewkit import run
+    from brewkit import run, runfile
 
     overrides = [*MODES[name], f"teacher.path={teacher}", f"output_dir={os.path.join(out, name)}",
                  "training.logging_steps=1000000", "training.progress_bar=false"]
     if steps:
         overrides.append(f"training.num_steps={steps}")
     overrides += list(extra)
-    cfg = run.load_run(CONFIG, overrides)
+    cfg = runfile.load_run(CONFIG, overrides)
     stamps: list[float] = []
     collated: list[tuple[float, int]] = []  # (time, padded length) of every batch built
     original_step = torch.optim.AdamW.step

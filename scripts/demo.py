@@ -31,9 +31,9 @@ QUICK = ["data.max_train_examples=96", "data.max_eval_examples=64", "training.nu
 
 
 def stage(name: str, overrides: list[str]) -> dict:
-    from brewkit import run
+    from brewkit import run, runfile
 
-    cfg = run.load_run(os.path.join(CONFIGS, f"demo_{name}.yaml"), overrides)
+    cfg = runfile.load_run(os.path.join(CONFIGS, f"demo_{name}.yaml"), overrides)
     t0 = time.perf_counter()
     summary = run.train_run(cfg)
     if summary.get("interrupted"):

@@ -25,7 +25,7 @@ from helpers import MAX_LENGTH, STUDENT_ARGS, VOCAB, run_dict, write_run  # noqa
 
 from brewkit.cli import main  # noqa: E402
 from brewkit.errors import ConfigError  # noqa: E402
-from brewkit.run import load_run  # noqa: E402
+from brewkit.runfile import load_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from helpers import run_dict
 
 from brewkit.errors import ConfigError
-from brewkit.run import load_run
+from brewkit.runfile import load_run
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
                    st.text(max_size=8), st.lists(st.integers(-2, 6), max_size=3),

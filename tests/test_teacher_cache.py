@@ -24,7 +24,8 @@ from brewkit import (BasicDistiller, DistillationConfig, GeneralDistiller, Multi
 from brewkit.adaptors.hf import AttentionProbs  # noqa: E402
 from brewkit.data.collate import PadCollator  # noqa: E402
 from brewkit.errors import CheckpointError, ConfigError  # noqa: E402
-from brewkit.run import drop_example_index, load_run, train_run  # noqa: E402
+from brewkit.run import drop_example_index, train_run  # noqa: E402
+from brewkit.runfile import load_run  # noqa: E402
 from brewkit.teacher_cache import TeacherCache, token_hashes  # noqa: E402
 
 MATCHES = [{"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1},

@@ -1,0 +1,301 @@
+"""The run file: its sections as plain config objects, ``--set`` overrides, and :func:`load_run`.
+
+A run file has these sections (see ``configs/`` for complete examples)::
+
+    teacher:      {path: DIR | pkg://DIST/path, num_labels: 2}     # or config: {...} / builder: NAME
+    student:      {init_from_teacher: {layers: [0, 2, 4]}}         # or path / config / builder
+    data:         {train_file: ..., text_column: text, label_column: label, max_length: 64, ...}
+    distiller:    general          # general | basic | train (plain supervised training, no teacher)
+    distillation: {temperature: 4, hard_label_weight: 1, intermediate_matches: [...] or {preset: ...}}
+    training:     {num_epochs: 3, optimizer: {lr: 1e-4}, lr_scheduler: {warmup_ratio: 0.1}, ...TrainingConfig}
+    evaluation:   {metric: accuracy}
+    plugins:      [my_package.my_losses]     # imported first, so their registrations exist
+    output_dir:   runs/my_run
+
+Every mistake is a :class:`ConfigError` whose path points into the file (``distillation.temperature``).
+Loading validates everything that does not need the models; a layer-map preset is expanded when the models
+are built (:func:`brewkit.build.resolve_distillation`), because it needs their depths.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from .configs import DistillationConfig, TrainingConfig
+from .data import DataConfig
+from .errors import ConfigError
+from .evaluation import METRICS
+from .layer_maps import LAYER_MAPS
+from .models import ModelSpec
+from .validation import ConfigBase, check_int, check_keys, check_number, safe_load
+
+SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
+            "output_dir"]
+DISTILLERS = ["general", "basic", "train"]
+PRESET_KEYS = ["preset", "feature", "loss", "weight", "proj"]
+"""The keys of ``distillation.intermediate_matches`` when it is a layer-map preset rather than a list."""
+
+R = TypeVar("R")
+
+
+def in_section(prefix: str, fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)``, with ``prefix`` put in front of the path of a :class:`ConfigError` it raises."""
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        raise e.at(prefix) from None
+
+
+def one_line(e: BaseException) -> str:
+    """``str(e)`` with its whitespace (a YAML error's newlines) folded into single spaces."""
+    return " ".join(str(e).split())
+
+
+# -- the sections that are not library configs -----------------------------------------------------------
+@dataclass
+class OptimConfig(ConfigBase):
+    """The ``training`` keys that are not TrainingConfig fields: how long, the optimizer, the LR schedule."""
+
+    num_epochs: int | None = None
+    num_steps: int | None = None
+    max_grad_norm: float = 1.0
+    optimizer: dict = field(default_factory=lambda: {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01})
+    lr_scheduler: dict = field(default_factory=lambda: {"name": "linear", "warmup_ratio": 0.0})
+
+    def __post_init__(self) -> None:
+        if self.num_epochs is None and self.num_steps is None:
+            raise ConfigError("give num_epochs or num_steps", "num_epochs")
+        check_int(self.num_epochs, "num_epochs", minimum=1, allow_none=True)
+        check_int(self.num_steps, "num_steps", minimum=1, allow_none=True)
+        check_number(self.max_grad_norm, "max_grad_norm")
+        check_keys(self.optimizer or {}, ["name", "lr", "weight_decay", "betas", "eps"], "optimizer")
+        opt = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01, **(self.optimizer or {})}
+        if opt["name"] not in ("adamw", "sgd"):
+            raise ConfigError(f"must be 'adamw' or 'sgd', got {opt['name']!r}", "optimizer.name")
+        check_number(opt["lr"], "optimizer.lr", positive=True)
+        check_number(opt["weight_decay"], "optimizer.weight_decay")
+        b = opt.get("betas")
+        if b is not None and not (isinstance(b, (list, tuple)) and len(b) == 2 and
+                                  all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
+                                      for x in b)):
+            raise ConfigError(f"must be a list of two numbers in [0, 1) such as [0.9, 0.999], got {b!r}",
+                              "optimizer.betas")
+        if "eps" in opt:
+            check_number(opt["eps"], "optimizer.eps", positive=True)
+        self.optimizer = opt
+        check_keys(self.lr_scheduler or {}, ["name", "warmup_ratio", "warmup_steps"], "lr_scheduler")
+        sch = {"name": "linear", "warmup_ratio": 0.0, **(self.lr_scheduler or {})}
+        if sch["name"] not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"must be 'linear', 'cosine' or 'constant', got {sch['name']!r}", "lr_scheduler.name")
+        r = sch["warmup_ratio"]
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1):
+            raise ConfigError(f"must be a number in [0, 1), got {r!r}", "lr_scheduler.warmup_ratio")
+        if "warmup_steps" in sch:
+            check_int(sch["warmup_steps"], "lr_scheduler.warmup_steps", minimum=0)
+        self.lr_scheduler = sch
+
+
+@dataclass
+class EvalConfig(ConfigBase):
+    """Evaluation on the eval split: at every checkpoint (TextBrewer's callback schedule), or every ``steps``
+    optimizer steps, and at the end."""
+
+    metric: str = "accuracy"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"must be one of {', '.join(METRICS)}; got {self.metric!r}", "metric")
+        self.steps = check_int(self.steps, "steps", minimum=1, allow_none=True)
+
+    def describe(self) -> str:
+        when = "at each checkpoint" if self.steps is None else f"every {self.steps} steps"
+        return f"evaluation: {self.metric} on the eval split {when} and at the end"
+
+
+@dataclass
+class RunConfig:
+    """A loaded run file: one validated object per section.
+
+    ``distillation`` stays a dict until the models exist (a layer-map preset needs their depths); ``source``
+    is the file after ``--set`` overrides, for the resolved copy written next to the results.
+    """
+
+    teacher: ModelSpec | None
+    student: ModelSpec
+    data: DataConfig
+    distiller: str
+    distillation: dict
+    training: TrainingConfig
+    optim: OptimConfig
+    evaluation: EvalConfig
+    plugins: list[str]
+    output_dir: str
+    source: dict
+
+
+# -- --set overrides --------------------------------------------------------------------------------------
+_INDEX = re.compile(r"^(\w+)\[(\d+)\]$")
+
+
+def apply_override(d: dict, assignment: str) -> None:
+    """Apply ``a.b[1].c=value`` (value in YAML syntax) to the nested dict ``d``, in place.
+
+    Missing mappings on the way are created; a list index must exist. Errors are at ``--set``.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"expected KEY.PATH=VALUE, got {assignment!r}", "--set")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"value of {key!r} is not valid YAML: {one_line(e)}", "--set") from None
+    node: Any = d
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        m = _INDEX.match(part)
+        name, index = (m.group(1), int(m.group(2))) if m else (part, None)
+        if not name:
+            raise ConfigError(f"empty key in {key!r}", "--set")
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[:i])} is not a mapping", "--set")
+        if index is None:
+            if last:
+                node[name] = value
+            else:
+                if node.get(name) is None:
+                    node[name] = {}
+                node = node[name]
+        else:
+            seq = node.get(name)
+            if not isinstance(seq, list) or index >= len(seq):
+                raise ConfigError(f"{name}[{index}] does not exist", "--set")
+            if last:
+                seq[index] = value
+            else:
+                node = seq[index]
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+def read_run_file(path_or_dict: str | os.PathLike | dict) -> dict:
+    """The run file as a dict (a copy when given a dict); safe YAML with YAML 1.2 floats."""
+    if isinstance(path_or_dict, dict):
+        raw = copy.deepcopy(path_or_dict)
+    elif not isinstance(path_or_dict, (str, os.PathLike)):
+        raise ConfigError(f"a run file must be a mapping of sections, got {type(path_or_dict).__name__}",
+                          "(top level)")
+    else:
+        if not os.path.isfile(path_or_dict):
+            raise ConfigError(f"no such run file: {path_or_dict}")
+        with open(path_or_dict, encoding="utf-8") as f:
+            try:
+                raw = safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path_or_dict} is not valid YAML: {one_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a run file must be a mapping of sections", "(top level)")
+    return raw
+
+
+def import_plugins(plugins: Any) -> list[str]:
+    """Import the ``plugins:`` modules (so that their registrations exist); returns their names."""
+    plugins = plugins or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError("must be a list of module names", "plugins")
+    for i, name in enumerate(plugins):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a plugin's SyntaxError or clashing registration names the plugin too
+            raise ConfigError(f"cannot import {name!r}: {type(e).__name__}: {one_line(e)}", f"plugins[{i}]") from None
+    return plugins
+
+
+def load_run(path_or_dict: str | os.PathLike | dict, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read (safe YAML, with YAML 1.2 floats), apply ``--set`` overrides, import plugins, validate each section."""
+    raw = read_run_file(path_or_dict)
+    for o in overrides:
+        apply_override(raw, o)
+    check_keys(raw, SECTIONS)
+    plugins = import_plugins(raw.get("plugins"))
+
+    distiller = raw.get("distiller", "general")
+    if distiller not in DISTILLERS:
+        raise ConfigError(f"must be one of {', '.join(DISTILLERS)}; got {distiller!r}", "distiller")
+    output_dir = raw.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir:
+        raise ConfigError("must be a directory path", "output_dir")
+    if "student" not in raw:
+        raise ConfigError("missing section", "student")
+    if distiller != "train" and "teacher" not in raw:
+        raise ConfigError(f"distiller {distiller!r} needs a teacher", "teacher")
+    if "data" not in raw:
+        raise ConfigError("missing section", "data")
+    teacher = in_section("teacher", lambda d: ModelSpec.from_dict(d, role="teacher"), raw["teacher"]) \
+        if raw.get("teacher") is not None else None
+    student = in_section("student", lambda d: ModelSpec.from_dict(d, role="student"), raw["student"])
+    data = in_section("data", DataConfig.from_dict, raw["data"])
+    training, optim, evaluation = load_training(raw, output_dir)
+
+    dist = raw.get("distillation") or {}
+    if distiller == "train" and dist:
+        raise ConfigError("distiller 'train' has no teacher; remove the distillation section", "distillation")
+    if not isinstance(dist, dict):
+        raise ConfigError("must be a mapping", "distillation")
+    check_distillation(dist, distiller)
+    return RunConfig(teacher, student, data, distiller, dist, training, optim, evaluation, plugins, output_dir,
+                     raw)
+
+
+def load_training(raw: dict, output_dir: str) -> tuple[TrainingConfig, OptimConfig, EvalConfig]:
+    """The ``training`` section split into its TrainingConfig and OptimConfig keys, and ``evaluation``.
+
+    The run has one output directory (``training.output_dir`` may only repeat it), and one evaluation
+    schedule (``evaluation.steps`` is the engine's ``callback_steps``).
+    """
+    if not isinstance(raw.get("training") or {}, dict):
+        raise ConfigError("must be a mapping", "training")
+    training = dict(raw.get("training") or {})
+    optim_keys = [f.name for f in dataclasses.fields(OptimConfig)]
+    optim = in_section("training", OptimConfig.from_dict,
+                       {k: training.pop(k) for k in list(training) if k in optim_keys})
+    if training.setdefault("output_dir", output_dir) != output_dir:
+        raise ConfigError(f"is {training['output_dir']!r} but the run's output_dir is {output_dir!r}; set only the "
+                          "top-level output_dir", "training.output_dir")
+    tc_keys = [f.name for f in dataclasses.fields(TrainingConfig)]
+    in_section("training", check_keys, training, tc_keys + optim_keys)
+    evaluation = in_section("evaluation", EvalConfig.from_dict, raw.get("evaluation") or {})
+    if evaluation.steps is not None:
+        if training.setdefault("callback_steps", evaluation.steps) != evaluation.steps:
+            raise ConfigError(f"is {training['callback_steps']!r} but evaluation.steps is {evaluation.steps}; "
+                              "set only evaluation.steps", "training.callback_steps")
+    return in_section("training", TrainingConfig.from_dict, training), optim, evaluation
+
+
+def check_distillation(dist: dict, distiller: str) -> None:
+    """Validate the ``distillation`` section as far as possible without the models (a layer-map preset is
+    checked for its keys and name; it is expanded once the models' depths are known)."""
+    matches = dist.get("intermediate_matches")
+    if distiller == "basic" and matches:
+        raise ConfigError("the basic distiller has no intermediate matches; use distiller: general",
+                          "distillation.intermediate_matches")
+    if isinstance(matches, dict):
+        in_section("distillation.intermediate_matches", check_preset, matches)
+        in_section("distillation", DistillationConfig.from_dict, {**dist, "intermediate_matches": None})
+    else:
+        in_section("distillation", DistillationConfig.from_dict, dist)
+
+
+def check_preset(spec: dict) -> None:
+    """A layer-map preset mapping: only :data:`PRESET_KEYS`, and a registered ``preset`` name."""
+    check_keys(spec, PRESET_KEYS)
+    if spec.get("preset") not in LAYER_MAPS:
+        raise ConfigError(f"must be one of {', '.join(LAYER_MAPS)}; got {spec.get('preset')!r}", "preset")
