@@ -308,21 +308,30 @@ def test_match_losses_bf16_inputs_match_float32(name, data, which):
 
 # -- findings: NaN for finite input -----------------------------------------------------------------------
 def _one_empty_example_fsp():
+    """-> (loss, expected): the fully padded example's Gram matrices are 0 for both models; it still counts in
+    the mean over B * D * D."""
     g = torch.Generator().manual_seed(1)
     xs = [[torch.randn(2, 4, 3, generator=g) for _ in range(2)] for _ in range(2)]
-    return MATCH_LOSS_MAP["fsp"](xs[0], xs[1], mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]))
+    (s0, s1), (t0, t1) = xs
+    gram_S, gram_T = s0[0, :2].T @ s1[0, :2] / 2, t0[0, :2].T @ t1[0, :2] / 2  # example 0: its 2 real tokens
+    expected = ((gram_S - gram_T) ** 2).sum() / (2 * 3 * 3)
+    return MATCH_LOSS_MAP["fsp"](xs[0], xs[1], mask=torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])), expected
 
 
 def _pkd_zero_cls():
+    """-> (loss, expected): the zero [CLS] vector normalises to 0, so its example adds ||u_T||^2 = 1."""
     g = torch.Generator().manual_seed(2)
     f_S = torch.randn(2, 4, 3, generator=g)
     f_S[1, 0] = 0.0  # one all-zero [CLS] vector
-    return MATCH_LOSS_MAP["pkd"](f_S, torch.randn(2, 4, 3, generator=g))
+    f_T = torch.randn(2, 4, 3, generator=g)
+    cos = torch.nn.functional.cosine_similarity(f_S[0, 0], f_T[0, 0], dim=0)
+    return MATCH_LOSS_MAP["pkd"](f_S, f_T), ((2 - 2 * cos) + 1) / 2
 
 
 def _kd_on_empty_selection(name):
-    """The engine's logits_mask selects (M, C) rows; a batch with an all-zero logits_mask gives M = 0."""
-    return lambda: KD_LOSS_MAP[name](torch.zeros(0, 3), torch.zeros(0, 3), 2.0)
+    """The engine's logits_mask selects (M, C) rows; a batch with an all-zero logits_mask gives M = 0: no row,
+    no loss (0)."""
+    return lambda: (KD_LOSS_MAP[name](torch.zeros(0, 3), torch.zeros(0, 3), 2.0), torch.tensor(0.0))
 
 
 @pytest.mark.parametrize("case", [
@@ -333,5 +342,7 @@ def _kd_on_empty_selection(name):
 ])
 def test_degenerate_inputs_give_finite_values(case):
     """TextBrewer gave NaN here (fsp with a fully padded example, pkd with a zero [CLS] vector, KD on a batch
-    whose logits_mask keeps no row); brewkit gives a defined value."""
-    assert torch.isfinite(case())
+    whose logits_mask keeps no row); brewkit gives the defined value computed by hand in each case."""
+    value, expected = case()
+    assert torch.isfinite(value)
+    torch.testing.assert_close(value, expected.to(value.dtype), rtol=1e-5, atol=1e-6)
