@@ -144,8 +144,11 @@ def test_copies_repeat_under_a_seed_and_differ_across_seeds(tok):
 
 def test_text_pairs_are_altered_too(tok):
     rows = {"text": ["good"], "text_pair": ["bad movie"], "label": [1]}
-    out = NeighbourAugmenter(AugmentConfig(replace_prob=1.0, neighbours=1), _embeddings(tok), tok)(rows)
-    assert out["text"][1] != "good" and out["text_pair"][1] != "bad movie"
+    aug = NeighbourAugmenter(AugmentConfig(replace_prob=1.0, neighbours=1), _embeddings(tok), tok)
+    out = aug(rows)
+    table = aug.neighbours(["good", "bad", "movie"])  # one neighbour each: every word becomes it
+    assert out["text"] == ["good", table["good"][0]]
+    assert out["text_pair"] == ["bad movie", f"{table['bad'][0]} {table['movie'][0]}"]
 
 
 def test_only_the_training_split_grows(tmp_path, tok):
