@@ -26,6 +26,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import CheckpointError
+from .logging_utils import logger
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -162,3 +163,95 @@ def load_state(path: str) -> dict[str, Any]:
     proj = os.path.join(path, "projections.safetensors")
     state["projections"] = load_file(proj) if os.path.exists(proj) else None
     return state
+
+
+def save_textbrewer_state_dict(student: nn.Module, output_dir: str, step: int) -> str:
+    """TextBrewer's checkpoint: the student's ``state_dict`` as ``output_dir/gs{step}.pkl`` (plain tensors, so
+    ``torch.load(path, weights_only=True)`` reads it), written to a temporary file and renamed into place."""
+    path = os.path.join(output_dir, f"gs{step}.pkl")
+    tmp = os.path.join(output_dir, f".tmp-gs{step}-{os.getpid()}.pkl")
+    torch.save({k: v.detach().cpu() for k, v in unwrap(student).state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue exactly: the student, the projections, the
+    optimizer, LR scheduler and fp16 scaler, the data position, every rank's RNG state, the loss-weight state and
+    the plan. Rank 0 writes (with every rank's RNG gathered to it); every rank reads.
+
+    ``fingerprint`` is what a checkpoint must match to be resumed (models and objective; see
+    ``AbstractDistiller.fingerprint``); ``configs`` are written next to it as ``{name}.json``.
+    """
+
+    def __init__(self, output_dir: str, ctx: Any, *, fingerprint: dict, configs: dict[str, dict],
+                 save_total_limit: int | None = None, force_resume: bool = False, student_state_dicts: bool = False):
+        self.output_dir, self.ctx = output_dir, ctx
+        self.student_state_dicts = student_state_dicts
+        self.fingerprint, self.configs = fingerprint, configs
+        self.save_total_limit, self.force_resume = save_total_limit, force_resume
+
+    def save(self, step: int, *, student: nn.Module, projections: nn.Module | None, stepper: Any, cursor: Any,
+             weights: dict, plan: dict, version: str) -> str | None:
+        """Write ``checkpoint-{step}`` (rank 0), between barriers; returns its path (None on other ranks)."""
+        from .engine.rng import get_rng_state
+
+        cur = cursor.state_dict()
+        rng = get_rng_state()
+        rng["cursor"] = cur
+        gathered = self.ctx.gather_to_main(rng)
+        if not self.ctx.is_main:
+            self.ctx.barrier()
+            return None
+        extra = {f"rng_state_rank{r}": g for r, g in enumerate(gathered)} if self.ctx.world_size > 1 else {}
+        state = {"global_step": step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
+                 "weights": weights, "plan": plan, "fingerprint": self.fingerprint, "brewkit_version": version}
+        scaler = stepper.scaler if stepper.scaler.is_enabled() else None
+        path = save_checkpoint(self.output_dir, step, student=student, projections=projections,
+                               optimizer=stepper.optimizer, scheduler=stepper.scheduler, scaler=scaler,
+                               rng_state=rng, trainer_state=state, configs=self.configs,
+                               save_total_limit=self.save_total_limit, extra=extra)
+        if self.student_state_dicts:
+            save_textbrewer_state_dict(student, self.output_dir, step)
+        self.ctx.barrier()
+        return path
+
+    def find(self, resume_from: bool | str | None) -> str | None:
+        """The checkpoint to resume from: the latest in ``output_dir`` for ``True`` (None when there is none),
+        the given directory for a path."""
+        if not resume_from:
+            return None
+        if resume_from is True:
+            return latest_checkpoint(self.output_dir)
+        if not os.path.isdir(resume_from):
+            raise CheckpointError(f"resume_from_checkpoint: no checkpoint directory at {resume_from}")
+        return resume_from
+
+    def load(self, path: str, *, student: nn.Module, projections: nn.Module, stepper: Any, cursor: Any,
+             plan: dict) -> dict:
+        """Restore a checkpoint into the given objects (and the RNGs); returns its trainer state."""
+        from .engine.rng import set_rng_state
+
+        state = load_state(path)
+        ts = state["trainer_state"]
+        if ts.get("fingerprint") != self.fingerprint:
+            if not self.force_resume:
+                raise CheckpointError(f"{path} was written by a different run (models or distillation config "
+                                      f"differ: {ts.get('fingerprint')} vs {self.fingerprint}); set "
+                                      "force_resume=True to load it anyway")
+            logger.warning("force_resume: loading %s although it was written by a different run", path)
+        if ts["plan"] != plan:
+            raise CheckpointError(f"{path} was written for a different schedule ({ts['plan']}); this run has {plan}")
+        load_student(student, path)
+        if state["projections"] is not None:
+            projections.load_state_dict(state["projections"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        if stepper.scheduler is not None and state["scheduler"] is not None:
+            stepper.scheduler.load_state_dict(state["scheduler"])
+        if stepper.scaler.is_enabled() and state["scaler"] is not None:
+            stepper.scaler.load_state_dict(state["scaler"])
+        rng = state["extra"].get(f"rng_state_rank{self.ctx.rank}", state["rng_state"])
+        cursor.load_state_dict(rng.pop("cursor"))
+        set_rng_state(rng)
+        logger.info("resumed from %s at step %d", path, ts["global_step"])
+        return ts

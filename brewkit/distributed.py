@@ -8,6 +8,7 @@ brewkit initialises the process group from ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_R
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +27,8 @@ def wanted(local_rank: int) -> bool:
 
 
 def setup(local_rank: int, device: torch.device) -> tuple[int, int, torch.device]:
-    """Initialise the process group if needed; returns ``(rank, world_size, this process's device)``."""
+    """Initialise the process group if needed (once per process: later calls find it); returns ``(rank,
+    world_size, this process's device)``."""
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise ConfigError("DDP needs torchrun (or MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE in the "
@@ -103,3 +105,54 @@ def mean_over_ranks(values: dict[str, torch.Tensor], world_size: int) -> dict[st
 def barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
+
+
+@dataclass
+class DistributedContext:
+    """This process's place in the run: rank, world size, device, and the collectives the loop uses. One process
+    is ``DistributedContext(device=...)`` (rank 0 of 1), and every method is then a no-op."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    control_group: Any = None  # a gloo group for small CPU-side agreements (the stop flag)
+
+    @classmethod
+    def create(cls, local_rank: int, device: torch.device) -> DistributedContext:
+        """Join the process group when this process is one of several (see :func:`wanted`)."""
+        if not wanted(local_rank):
+            return cls(device=device)
+        rank, world_size, device = setup(local_rank, device)
+        group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        return cls(device=device, rank=rank, world_size=world_size, control_group=group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, student: nn.Module, projections: list[nn.Module], find_unused_parameters: bool) -> nn.Module:
+        """DDP over the trainables when there are several processes; the student itself otherwise."""
+        if self.world_size == 1:
+            return student
+        return wrap(student, projections, self.device, find_unused_parameters)
+
+    def shard(self, loader: Any, seed: int) -> Any:
+        return shard(loader, self.rank, self.world_size, seed)
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+
+    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return mean_over_ranks(values, self.world_size)
+
+    def gather_to_main(self, obj: Any) -> list | None:
+        """Every rank's ``obj`` on rank 0 (None elsewhere)."""
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered
+
+    def barrier(self) -> None:
+        barrier(self.world_size)

@@ -2,8 +2,9 @@
 
     python examples/custom_distiller.py
 
-``compute_loss(results_S, results_T)`` returns ``(total_loss, {term: value})``; a subclass can add its own
-term and keep everything else (KD, matches, hard labels, logging, checkpoints). Here the extra term pulls
+``compute_loss(results_S, results_T, micro)`` returns ``(total_loss, {term: value})``; a subclass can add its
+own term and keep everything else (KD, matches, hard labels, logging, checkpoints). ``micro`` is the micro-batch
+(its normalisation factors): pass it on to ``super()``. Here the extra term pulls
 the student's [CLS] vector towards the teacher's by cosine distance.
 """
 from __future__ import annotations
@@ -23,11 +24,11 @@ class CLSCosineDistiller(GeneralDistiller):
         super().__init__(*args, **kwargs)
         self.cls_weight = cls_weight
 
-    def _needed_features(self) -> set[str]:
-        return super()._needed_features() | {"hidden"}  # ask HF models for hidden states
+    def needed_features(self) -> set[str]:
+        return super().needed_features() | {"hidden"}  # ask HF models for hidden states
 
-    def compute_loss(self, results_S, results_T):
-        total, terms = super().compute_loss(results_S, results_T)
+    def compute_loss(self, results_S, results_T, micro=None):
+        total, terms = super().compute_loss(results_S, results_T, micro)
         cls_S, cls_T = results_S["hidden"][-1][:, 0], results_T["hidden"][-1][:, 0]
         cls_loss = (1 - F.cosine_similarity(cls_S.float(), cls_T.float(), dim=-1)).mean()
         terms["unweighted_cls_cosine"] = cls_loss

@@ -62,8 +62,8 @@ class FusedKDDistiller(GeneralDistiller):
     ``hidden`` (all layers; the last one is what the LM head reads) and ``inputs_mask``.
     """
 
-    def _needed_features(self) -> set[str]:
-        return super()._needed_features() | {"hidden"}  # ask the models for their hidden states
+    def needed_features(self) -> set[str]:
+        return super().needed_features() | {"hidden"}  # ask the models for their hidden states
 
     def compute_loss(self, results_S: dict, results_T: dict):
         d = self.d_config

@@ -10,6 +10,7 @@ from helpers import Toy, toy_adaptor, toy_batches
 
 from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, GeneralDistiller, MultiTaskDistiller,
                      MultiTeacherDistiller, TrainingConfig)
+from brewkit.engine.plan import TrainPlan
 
 
 def tcfg(out, **kw):
@@ -82,12 +83,71 @@ def test_epoch_mode_schedule(tmp_path, n, accum, epochs, freq, epoch_freq, expec
         model.eval()  # the engine must put the student back in train mode
 
     trainer = run_trainer(tmp_path / "out", toy_batches(n), callback, num_epochs=epochs,
-                          gradient_accumulation_steps=accum, ckpt_frequency=freq, ckpt_epoch_frequency=epoch_freq,
-                          ckpt_steps=2)  # ckpt_steps is for step mode only
+                          gradient_accumulation_steps=accum, ckpt_frequency=freq, ckpt_epoch_frequency=epoch_freq)
     assert saved_steps(tmp_path / "out") == expected
     assert [c[0] for c in calls] == expected
     assert all(step == latest for step, latest, _ in calls)  # the callback runs after its checkpoint exists
     assert trainer.model_S.training
+
+
+def plan_steps(plan, predicate):
+    return [g for g in range(1, plan.total_steps + 1) if predicate(g)]
+
+
+@pytest.mark.parametrize("n, accum, epochs, freq, epoch_freq, expected", EPOCH_CASES)
+def test_the_pure_plan_has_the_epoch_schedule(n, accum, epochs, freq, epoch_freq, expected):
+    config = TrainingConfig(device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=freq,
+                            ckpt_epoch_frequency=epoch_freq, logging_steps=4)
+    plan = TrainPlan.build(config, num_batches=n, num_epochs=epochs)
+    assert plan.steps_per_epoch == -(-n // accum) and plan.total_steps == plan.steps_per_epoch * epochs
+    assert plan_steps(plan, plan.is_checkpoint_step) == expected
+    assert plan_steps(plan, plan.is_callback_step) == expected  # the callback follows the checkpoints
+    assert plan_steps(plan, plan.is_logging_step) == sorted({g for g in range(4, plan.total_steps + 1, 4)}
+                                                            | {plan.total_steps})
+    assert plan.state_dict() == {"total_steps": plan.total_steps, "steps_per_epoch": plan.steps_per_epoch,
+                                 "num_epochs": epochs}
+
+
+@pytest.mark.parametrize("num_steps, ckpt_steps, callback_steps, saves, calls", [
+    (7, 3, None, [3, 6, 7], [3, 6, 7]),
+    (7, None, None, [7], [7]),
+    (7, None, 3, [7], [3, 6, 7]),
+    (6, 2, 3, [2, 4, 6], [3, 6]),
+])
+def test_the_pure_plan_has_the_step_schedule(num_steps, ckpt_steps, callback_steps, saves, calls):
+    config = TrainingConfig(device="cpu", ckpt_steps=ckpt_steps, callback_steps=callback_steps, ckpt_frequency=3)
+    plan = TrainPlan.build(config, num_batches=None, num_steps=num_steps)
+    assert plan.steps_per_epoch is None and plan.total_steps == num_steps
+    assert plan_steps(plan, plan.is_checkpoint_step) == saves
+    assert plan_steps(plan, plan.is_callback_step) == calls
+
+
+def test_the_pure_plan_checks_finiteness_on_cpu_always_elsewhere_on_logging_and_checkpoint_steps():
+    plan = TrainPlan.build(TrainingConfig(device="cpu", logging_steps=5, ckpt_steps=4), None, num_steps=12)
+    assert plan_steps(plan, lambda g: plan.checks_finite(g, "cpu")) == list(range(1, 13))
+    assert plan_steps(plan, lambda g: plan.checks_finite(g, "cuda")) == [4, 5, 8, 10, 12]
+
+
+@pytest.mark.parametrize("kw, path, text", [
+    ({"num_epochs": 2.5}, "num_epochs", "2.5"),
+    ({"num_epochs": 0}, "num_epochs", "positive integer"),
+    ({"num_steps": True}, "num_steps", "True"),
+    ({}, "train", "num_epochs or num_steps"),
+    ({"num_epochs": 1, "num_batches": 0}, "train", "empty"),
+    ({"num_epochs": 1, "num_batches": None}, "train", "__len__"),
+])
+def test_the_pure_plan_refuses_bad_lengths(kw, path, text):
+    from brewkit.errors import ConfigError
+
+    kw = {"num_batches": 3, **kw}
+    with pytest.raises(ConfigError) as e:
+        TrainPlan.build(TrainingConfig(device="cpu"), **kw)
+    assert e.value.path == path and text in str(e.value)
+
+
+def test_an_integral_float_num_epochs_is_accepted_as_textbrewer_scripts_pass_it():
+    plan = TrainPlan.build(TrainingConfig(device="cpu"), num_batches=3, num_epochs=2.0)
+    assert plan.num_epochs == 2 and isinstance(plan.num_epochs, int) and plan.total_steps == 6
 
 
 def test_callback_gets_the_student_and_it_trains_again_after(tmp_path):
@@ -108,6 +168,16 @@ def test_callback_gets_the_student_and_it_trains_again_after(tmp_path):
     assert [s for _, s in calls] == [2, 4, 5]
     assert all(m is model for m, _ in calls)
     assert model_modes == [True] * 5
+
+
+def test_ckpt_steps_in_epoch_mode_replaces_the_epoch_schedule(tmp_path):
+    """brewkit 0.1 (like TextBrewer) ignored ckpt_steps in epoch mode without a word; now it checkpoints every
+    ckpt_steps optimizer steps and at the end (6 batches x 3 epochs = 18 steps)."""
+    steps = []
+    run_trainer(tmp_path / "out", toy_batches(6), lambda model, step: steps.append(step), num_epochs=3,
+                ckpt_steps=4, ckpt_frequency=2)
+    assert saved_steps(tmp_path / "out") == [4, 8, 12, 16, 18]
+    assert steps == [4, 8, 12, 16, 18]
 
 
 # -- step mode ----------------------------------------------------------------------------------------------

@@ -296,7 +296,7 @@ def test_resume_with_a_different_teacher_or_config_is_refused(reference, tmp_pat
 
 
 def test_metrics_writer_drops_records_past_the_resumed_step(tmp_path):
-    from brewkit.logging_utils import MetricsWriter
+    from brewkit.engine.step_logger import MetricsWriter
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)]

@@ -110,19 +110,30 @@ def test_gradient_accumulation_steps_on_the_epoch_tail_and_scales(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_clipping_covers_projections(tmp_path):
+@pytest.mark.parametrize("clip_projections", [False, True])
+def test_clipping_covers_the_student_and_optionally_the_projections(tmp_path, clip_projections):
+    """TextBrewer clips the student's parameters only; clip_projections=True clips the projections with them.
+    With SGD at lr 1 the update of the clipped set has norm max_grad_norm exactly."""
     torch.manual_seed(3)
     teacher, student = Toy(d_h=8), Toy(d_h=6)
     dc = DistillationConfig(intermediate_matches=[{"layer_T": 2, "layer_S": 2, "feature": "hidden",
                                                    "loss": "hidden_mse", "weight": 100.0,
                                                    "proj": ["linear", 6, 8]}])
-    d = GeneralDistiller(tcfg(tmp_path), dc, teacher, student, toy_adaptor, toy_adaptor)
+    d = GeneralDistiller(tcfg(tmp_path, clip_projections=clip_projections), dc, teacher, student, toy_adaptor,
+                         toy_adaptor)
     before = [p.detach().clone() for p in d.trainable_parameters()]
     d.train(torch.optim.SGD(student.parameters(), lr=1.0), toy_batches(1), num_steps=1, max_grad_norm=0.01)
     after = d.trainable_parameters()
-    assert len(after) == len(list(student.parameters())) + 2
-    step = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before)))
-    assert float(step) == pytest.approx(0.01, rel=1e-4)
+    n_student = len(list(student.parameters()))
+    assert len(after) == n_student + 2
+    moved = [(a.detach() - b) for a, b in zip(after, before)]
+    student_step = torch.sqrt(sum((m ** 2).sum() for m in moved[:n_student]))
+    all_step = torch.sqrt(sum((m ** 2).sum() for m in moved))
+    if clip_projections:
+        assert float(all_step) == pytest.approx(0.01, rel=1e-4)
+    else:
+        assert float(student_step) == pytest.approx(0.01, rel=1e-4)
+        assert float(all_step) > 1.0  # the projection (weight 100 on its loss) took an unclipped step
 
 
 def test_multi_teacher_aggregation(tmp_path):
@@ -236,7 +247,7 @@ def test_caching_gives_the_same_losses(tmp_path):
     plain, _ = run("plain", False)
     cached, d = run("cached", True)
     assert cached == pytest.approx(plain, rel=1e-6, abs=1e-7)
-    item = d._cache[0]["teacher_cache"]
+    item = d.recorded[0]["teacher_cache"]
     assert item["logits"][0].device.type == "cpu"
     assert item["hidden"][2] is not None and item["hidden"][0] is None  # only the matched layer is kept
 
@@ -247,10 +258,17 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     dc = DistillationConfig(hard_label_weight=1.0, intermediate_matches=[
         {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1.0},
         {"layer_T": 1, "layer_S": 0, "feature": "attention", "loss": "attention_probs_kl", "weight": 1.0}])
+    teacher_32, student_32 = copy.deepcopy(teacher), copy.deepcopy(student)
     d = GeneralDistiller(tcfg(tmp_path, bf16=True), dc, teacher, student)
     d.train(torch.optim.AdamW(student.parameters(), lr=1e-3), bert_batches(3), num_epochs=1)
     recs = metrics(tmp_path)
     assert len(recs) == 3 and all(math.isfinite(r["loss"]) for r in recs)
+    # the same run in float32: close (the tiny BERT's logits are small, so are bf16's errors), not bit-identical
+    # (autocast really ran in bfloat16)
+    d32 = GeneralDistiller(tcfg(tmp_path, output_dir=str(tmp_path / "fp32")), dc, teacher_32, student_32)
+    d32.train(torch.optim.AdamW(student_32.parameters(), lr=1e-3), bert_batches(3), num_epochs=1)
+    losses, losses_32 = [r["loss"] for r in recs], [r["loss"] for r in metrics(tmp_path, "fp32")]
+    assert losses == pytest.approx(losses_32, rel=1e-3) and losses != losses_32
     assert set(recs[0]) >= {"unweighted_kd_loss", "unweighted_hard_label_loss",
                             "unweighted_attention_attention_probs_kl_0_1", "lr", "grad_norm", "samples_per_s"}
 
@@ -258,17 +276,10 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 def test_train_sets_modes_and_freezes_teacher_then_restores(tmp_path):
     teacher, student = Toy(dropout=0.5), Toy()
     teacher.train()
-    teacher_32, student_32 = copy.deepcopy(teacher), copy.deepcopy(student)
     student.eval()
     seen = {}
 
     def adaptor_T(batch, out):
-    # the same run in float32: close (the tiny BERT's logits are small, so are bf16's errors), not bit-identical
-    # (autocast really ran in bfloat16)
-    d32 = GeneralDistiller(tcfg(tmp_path, output_dir=str(tmp_path / "fp32")), dc, teacher_32, student_32)
-    d32.train(torch.optim.AdamW(student_32.parameters(), lr=1e-3), bert_batches(3), num_epochs=1)
-    losses, losses_32 = [r["loss"] for r in recs], [r["loss"] for r in metrics(tmp_path, "fp32")]
-    assert losses == pytest.approx(losses_32, rel=1e-3) and losses != losses_32
         seen["teacher_training"] = teacher.training
         seen["teacher_grad"] = any(p.requires_grad for p in teacher.parameters())
         seen["grad_enabled"] = torch.is_grad_enabled()
@@ -306,6 +317,9 @@ def test_batch_formats_mapping_tuple_and_teacher_student_split(tmp_path):
         d = BasicDistiller(tcfg(tmp_path, output_dir=str(tmp_path / name)), DistillationConfig(), t, s,
                            tuple_adaptor, tuple_adaptor)
         d.train(torch.optim.SGD(s.parameters(), lr=0.0), [b], num_steps=1)
+        rec = metrics(tmp_path, name)[0]  # both formats reach the models as (x, mask, labels)
+        assert rec["unweighted_kd_loss"] == pytest.approx(kd, rel=1e-5), name
+        assert rec["unweighted_hard_label_loss"] == pytest.approx(hard, rel=1e-5), name
     # a precomputed teacher output replaces the teacher forward pass
     with torch.no_grad():
         cache = t(**batch)
@@ -317,9 +331,6 @@ def test_batch_formats_mapping_tuple_and_teacher_student_split(tmp_path):
             [{"teacher": batch, "student": batch, "teacher_cache": cache}], num_steps=1)
     assert calls == []
     assert metrics(tmp_path, "tc")[0]["unweighted_kd_loss"] == pytest.approx(
-        rec = metrics(tmp_path, name)[0]  # both formats reach the models as (x, mask, labels)
-        assert rec["unweighted_kd_loss"] == pytest.approx(kd, rel=1e-5), name
-        assert rec["unweighted_hard_label_loss"] == pytest.approx(hard, rel=1e-5), name
         float(soft_ce(s(**batch)["logits"].detach(), cache["logits"], 4.0)), rel=1e-5)
 
 
@@ -410,10 +421,11 @@ def test_hf_student_checkpoint_loads_with_from_pretrained(tmp_path):
 def test_compile_option_trains_the_same_student(tmp_path):
     torch.manual_seed(12)
     teacher, student = Toy(), Toy()
+    plain_student = copy.deepcopy(student)
     d = BasicDistiller(tcfg(tmp_path, compile=True), DistillationConfig(hard_label_weight=1.0), teacher, student,
                        toy_adaptor, toy_adaptor)
     d.train(torch.optim.SGD(student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
-    assert d._student_forward is not student  # the compiled wrapper was used for the forward pass
+    assert d.student_forward is not student  # the compiled wrapper was used for the forward pass
     plain = BasicDistiller(tcfg(tmp_path, output_dir=str(tmp_path / "plain")),
                            DistillationConfig(hard_label_weight=1.0), teacher, plain_student, toy_adaptor, toy_adaptor)
     plain.train(torch.optim.SGD(plain_student.parameters(), lr=0.1), toy_batches(2), num_epochs=1)
@@ -427,7 +439,6 @@ def test_multi_task_resume_is_exact_with_shuffling_loaders(tmp_path):
     """The task sampler's state and every task's loader position are checkpointed: a run stopped at step 5 and
     resumed ends where the uninterrupted run ends, having drawn the same tasks."""
     def run(out, stop_at=None, resume=False):
-    plain_student = copy.deepcopy(student)
         torch.manual_seed(11)
         student = TaskToy(dropout=0.1)
         teachers = {"a": Toy(d_h=8, n_layers=3), "b": Toy(d_h=8, n_layers=3)}

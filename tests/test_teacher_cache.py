@@ -97,7 +97,7 @@ def train(kind: str, mode: str, out, *, rows=None, cache_dir=None, cache_dtype="
     except KeyboardInterrupt:
         pass
     return SimpleNamespace(student=student, teachers=teachers, calls=len(calls), seen=seen, dist=dist,
-                           cache=dist._tcache)
+                           cache=dist.teacher_store)
 
 
 @pytest.fixture(scope="module")

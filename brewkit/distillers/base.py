@@ -1,46 +1,47 @@
-"""The training engine shared by every distiller.
+"""``AbstractDistiller``: the objective every distiller shares, and the training loop.
 
-``AbstractDistiller.train`` is the whole loop, on one screen: for each optimizer step it takes one group of
-micro-batches (``gradient_accumulation_steps`` of them, fewer at an epoch's tail), runs
-:meth:`train_on_batch` on each (teachers under ``inference_mode``, the student, the adaptors,
-:meth:`compute_loss`), back-propagates the loss divided by the group size, clips every trainable parameter,
-steps, updates the loss-weight schedules, logs and checkpoints. Subclasses define the teacher side and the
-loss; users override :meth:`compute_loss` or :meth:`train_on_batch` to change the objective.
+The objective is the teacher side (teachers under ``inference_mode``, their adaptors, the teacher stores), the
+student side (the student and its adaptor) and the loss terms built from both (:meth:`compute_loss`).
+Subclasses define the teacher side and the loss; users override :meth:`compute_loss` or :meth:`train_on_batch`.
+
+:meth:`AbstractDistiller.train` is the loop. What it needs is set up once by
+:func:`brewkit.engine.session.open_session` (plan, optimizer stepper, data cursor, checkpointer, step logger,
+DDP); see ``docs/architecture.md`` for the map.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
-import numbers
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .. import __version__, distributed
 from ..adaptors import AttentionProbs, hf_adaptor, normalize_output, validate_output
-from ..checkpoint import latest_checkpoint, load_state, load_student, save_checkpoint, unwrap
-from ..configs import NONE, DistillationConfig, TrainingConfig
-from ..errors import AdaptorError, BrewkitError, CheckpointError, ConfigError, NonFiniteLossError
-from ..logging_utils import MetricsWriter, ensure_default_handler, logger
-from ..teacher_cache import TeacherCache, fingerprint as cache_fingerprint
-from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, WEIGHT_SCHEDULER
-from .utils import (CachedCursor, LoaderCursor, batch_size_of, call_model, detach_to_cpu, get_rng_state,
-                    UNITS, find_mask, move_to_device, probability_shift_, seed_everything,
-                    select_logits_with_mask, set_rng_state, split_batch, split_example_index, unit_counts)
+from ..checkpoint import unwrap
+from ..configs import DistillationConfig, TrainingConfig
+from ..engine import session as sessions
+from ..engine.batches import batch_size_of, call_model, find_mask, move_to_device
+from ..engine.cursor import LoaderCursor, MappedLoader, RecordedCursor, loader_shuffles
+from ..engine.micro_batch import MicroBatch, scale_of
+from ..engine.rng import forked_rng
+from ..engine.step_logger import MetricsWriter
+from ..engine.stop import StopSignal
+from ..errors import AdaptorError, ConfigError
+from ..logging_utils import ensure_default_handler, logger
+from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP
+from ..teacher_cache import TeacherCache
+from ..teacher_cache import fingerprint as store_fingerprint
+from .logits import probability_shift_, select_logits_with_mask
 
 
 class CachedTeacherResults(dict):
-    """Teacher adaptor results computed earlier (``is_caching_logits``); used as they are."""
+    """Teacher adaptor results computed earlier (recorded or stored); used as they are."""
 
 
-def _check_model(model: Any, name: str) -> None:
+def check_model(model: Any, name: str) -> None:
+    """Raise a :class:`ConfigError` naming ``name`` unless ``model`` is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
         hint = " (it looks like a state_dict: build the model and load_state_dict() into it)" \
             if isinstance(model, Mapping) and model and all(isinstance(v, torch.Tensor) for v in model.values()) \
@@ -48,21 +49,28 @@ def _check_model(model: Any, name: str) -> None:
         raise ConfigError(f"must be a torch.nn.Module, got {type(model).__name__}{hint}", name)
 
 
-def _clone_if_inference(x: Any) -> Any:
+def clone_if_inference(x: Any) -> Any:
     """Teacher outputs made under inference_mode cannot be saved for backward; clone the ones we use."""
     if isinstance(x, torch.Tensor):
         return x.clone() if x.is_inference() else x
     if isinstance(x, AttentionProbs):
-        return AttentionProbs(_clone_if_inference(v) for v in x)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_clone_if_inference(v) for v in x) if isinstance(x, list) else \
-            tuple(_clone_if_inference(v) for v in x)
+        return AttentionProbs(clone_if_inference(v) for v in x)
+    if isinstance(x, list):
+        return type(x)(clone_if_inference(v) for v in x)
+    if isinstance(x, tuple):
+        return tuple(clone_if_inference(v) for v in x)
     return x
 
 
+def accepts(method: Callable, name: str) -> bool:
+    """Whether ``method`` takes a parameter called ``name`` (or ``**kwargs``)."""
+    params = inspect.signature(method).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class AbstractDistiller:
-    """Common machinery. Attributes TextBrewer users rely on keep their names: ``t_config``, ``d_config``,
-    ``model_T``, ``model_S``, ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
+    """The objective and the loop. Attributes TextBrewer users rely on keep their names: ``t_config``,
+    ``d_config``, ``model_T``, ``model_S``, ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
 
     has_teacher = True
 
@@ -73,7 +81,7 @@ class AbstractDistiller:
         if distill_config is not None and not isinstance(distill_config, DistillationConfig):
             raise ConfigError(f"must be a DistillationConfig, got {type(distill_config).__name__}",
                               "distill_config")
-        _check_model(model_S, "model_S")
+        check_model(model_S, "model_S")
         if train_config.data_parallel:
             raise ConfigError("DataParallel is not supported; run data-parallel with torchrun (DDP), which is "
                               "faster on one machine too", "data_parallel")
@@ -82,29 +90,29 @@ class AbstractDistiller:
         self.adaptor_T, self.adaptor_S = adaptor_T, adaptor_S
         self.device = torch.device(train_config.device)
         self.kd_loss = KD_LOSS_MAP[distill_config.kd_loss_type] if distill_config else None
-        self._kd_takes_t2 = self.kd_loss is not None and \
-            "temperature_squared" in inspect.signature(self.kd_loss).parameters
+        self.kd_loss_args = dict(getattr(distill_config, "kd_loss_args", None) or {})
+        self._kd_takes_t2 = self.kd_loss is not None and accepts(self.kd_loss, "temperature_squared")
         self.temperature_scheduler = distill_config.temperature_scheduler_fn() if distill_config else None
         self.projs: list[nn.Module | None] = []
         self.projs_group: list[dict] = []
         self.global_step = 0
-        self.weights = self._initial_weights()
-        self._validated = False
-        self._stop_requested = False
-        self.interrupted = False  # the last train() stopped early on Ctrl-C or request_stop(), after a checkpoint
-        self._cache: list | None = None
-        self._tcache: TeacherCache | None = None  # d_config.teacher_cache: per-example teacher results
-        self._example_index: torch.Tensor | None = None  # the current micro-batch's idx (with _tcache)
-        self._cpu_batch_T: Any = None  # and its teacher part before the move to the device (cache keys)
+        self.weights = self.initial_weights()
         self.rank, self.world_size = 0, 1
-        self._student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
-        self._unit_scale: torch.Tensor | None = None
-        self._unit_norm_ok = True
+        self.stop = StopSignal()
+        self.interrupted = False  # the last train() stopped early (signal or request_stop()), after a checkpoint
+        self.student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
+        self.recorded: Any = None  # is_caching_logits: the batches with their teacher results, made once
+        self.teacher_store: TeacherCache | None = None  # teacher_cache: the per-example store of the last train()
+        self._validated = False  # the first batch's adaptor / match checks have run
+        self._mask_matches_batch = True  # the student's inputs_mask is the batch's mask (see student_results)
+        self._teacher_grad_flags: list[tuple[nn.Parameter, bool]] = []
+        self._session: sessions.TrainingSession | None = None
+        # decided once: do (possibly user-overridden) step and loss methods take the micro-batch?
+        self._step_takes_micro = accepts(self.train_on_batch, "micro")
+        self._loss_takes_micro = accepts(self.compute_loss, "micro")
         ensure_default_handler()
 
-    # ---------------------------------------------------------------------------------------------------
-    # models and modes
-    # ---------------------------------------------------------------------------------------------------
+    # -- models and modes -------------------------------------------------------------------------------
     def teachers(self) -> list[nn.Module]:
         """Every teacher module (a single model, a list or a dict of them)."""
         t = self.model_T
@@ -125,8 +133,8 @@ class AbstractDistiller:
         for m, mode in self._modes:
             m.train(mode)
 
-    def _prepare_models(self) -> None:
-        """Inside train(): models on the device, teachers in eval mode and frozen, the student training."""
+    def prepare_models(self) -> None:
+        """Models on the device, teachers in eval mode and frozen, the student training (done by ``train()``)."""
         tc = self.t_config
         self.model_S.to(self.device)
         student_params = {id(p) for p in self.model_S.parameters()}
@@ -144,25 +152,34 @@ class AbstractDistiller:
                 p.to(self.device)
                 p.train()
         self.model_S.train()
-        if tc.compile and self._student_forward is self.model_S:
-            self._student_forward = torch.compile(self.model_S)
+        if tc.compile and self.student_forward is self.model_S:
+            self.student_forward = torch.compile(self.model_S)
 
-    def _restore_teacher_flags(self) -> None:
-        for p, flag in getattr(self, "_teacher_grad_flags", []):
+    def restore_teacher_flags(self) -> None:
+        """Give the teachers' parameters back the ``requires_grad`` flags they had before ``train()``."""
+        for p, flag in self._teacher_grad_flags:
             p.requires_grad_(flag)
+        self._teacher_grad_flags = []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Student and projection parameters that require gradients (what is clipped and optimised)."""
+        """Student and projection parameters that require gradients (what is optimised)."""
         params = [p for p in self.model_S.parameters() if p.requires_grad]
         for m in self.projs:
             if m is not None:
                 params += [p for p in m.parameters() if p.requires_grad]
         return params
 
+    def clipped_parameters(self) -> list[nn.Parameter]:
+        """What ``max_grad_norm`` clips: the student's trainable parameters (TextBrewer), and the projections'
+        too with ``TrainingConfig.clip_projections``."""
+        if self.t_config.clip_projections:
+            return self.trainable_parameters()
+        return [p for p in self.model_S.parameters() if p.requires_grad]
+
     def projection_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({str(i): m for i, m in enumerate(self.projs) if m is not None})
 
-    def _add_projections_to(self, optimizer: torch.optim.Optimizer) -> None:
+    def add_projections_to(self, optimizer: torch.optim.Optimizer) -> None:
         """Add each projection as a param group, once per optimizer (a second train() adds nothing)."""
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for proj, group in zip(self.projs, self.projs_group):
@@ -172,17 +189,48 @@ class AbstractDistiller:
             if params:
                 optimizer.add_param_group({**group, "params": params})
 
-    # ---------------------------------------------------------------------------------------------------
-    # forward passes and adaptors
-    # ---------------------------------------------------------------------------------------------------
-    def _needed_features(self) -> set[str]:
+    # -- public hooks -----------------------------------------------------------------------------------
+    def needed_features(self) -> set[str]:
+        """Features (``hidden``, ``attention``, ...) the loss reads; Hugging Face models are asked for them."""
         return set()
 
-    def _model_kwargs(self, adaptor: Any) -> dict:
+    def store_fingerprint_parts(self) -> dict:
+        """Besides the teachers' weights, what decides the stored teacher results (see the teacher store)."""
+        return {"teacher_dtype": self.t_config.teacher_dtype, "distiller": type(self).__name__,
+                "adaptors_T": [getattr(self.adaptor_T, "__qualname__", type(self.adaptor_T).__name__)]}
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint must match to be resumed: models (class, size) and the distillation config."""
+        def describe(m: nn.Module) -> list:
+            return [type(unwrap(m)).__name__, sum(p.numel() for p in m.parameters())]
+
+        dc = self.d_config.to_dict() if self.d_config else None
+        return {"distiller": type(self).__name__, "student": describe(self.model_S),
+                "teachers": [describe(t) for t in self.teachers()],
+                "distillation_config": {k: v for k, v in dc.items() if not k.startswith("teacher_cache")}
+                if dc is not None else None}  # how the teacher is cached does not change what a run trains
+
+    def split_task(self, item: Any) -> tuple[str | None, Any]:
+        """``(task, batch)`` of an item the data cursor yields (no task here; see MultiTaskDistiller)."""
+        return None, item
+
+    def normalises_effective_batch(self) -> bool:
+        """Whether loss terms are averaged over the effective batch (``loss_normalization='effective_batch'``):
+        needs the step and loss methods to take the micro-batch, and the adaptor's mask to be the batch's."""
+        if self.t_config.loss_normalization != "effective_batch" or not self._mask_matches_batch:
+            return False
+        if not (self._step_takes_micro and self._loss_takes_micro):
+            logger.info("%s.train_on_batch / compute_loss take no 'micro' argument: loss terms are averaged per "
+                        "micro-batch", type(self).__name__)
+            return False
+        return True
+
+    # -- forward passes and adaptors --------------------------------------------------------------------
+    def model_kwargs(self, adaptor: Any) -> dict:
         """Ask Hugging Face models for hidden states / attentions when the built-in adaptor is in use."""
         if adaptor is not None and adaptor is not hf_adaptor:
             return {}
-        need = self._needed_features()
+        need = self.needed_features()
         kw = {}
         if "hidden" in need:
             kw["output_hidden_states"] = True
@@ -190,7 +238,7 @@ class AbstractDistiller:
             kw["output_attentions"] = True
         return kw
 
-    def _run_adaptor(self, adaptor: Any, batch: Any, outputs: Any, who: str) -> dict:
+    def run_adaptor(self, adaptor: Any, batch: Any, outputs: Any, who: str) -> dict:
         results = normalize_output((adaptor or hf_adaptor)(batch, outputs), who)
         if not self._validated:
             validate_output(results, who, FEATURES, ADAPTOR_KEYS)
@@ -199,85 +247,124 @@ class AbstractDistiller:
     def teacher_results(self, model_T: nn.Module, adaptor_T: Any, batch_T: Any, args: dict, who: str) -> dict:
         """Run one teacher under ``inference_mode`` and adapt its outputs."""
         with torch.inference_mode():
-            outputs = call_model(model_T, batch_T, {**args, **self._model_kwargs(adaptor_T)})
-            results = self._run_adaptor(adaptor_T, batch_T, outputs, who)
-        return {k: _clone_if_inference(v) for k, v in results.items()}
+            outputs = call_model(model_T, batch_T, {**args, **self.model_kwargs(adaptor_T)})
+            results = self.run_adaptor(adaptor_T, batch_T, outputs, who)
+        return {k: clone_if_inference(v) for k, v in results.items()}
 
     def student_results(self, batch_S: Any, args: dict, adaptor_S: Any = None, who: str = "adaptor_S") -> dict:
         adaptor_S = adaptor_S if adaptor_S is not None else self.adaptor_S
-        outputs = call_model(self._student_forward, batch_S, {**args, **self._model_kwargs(adaptor_S)})
-        results = self._run_adaptor(adaptor_S, batch_S, outputs, who)
+        outputs = call_model(self.student_forward, batch_S, {**args, **self.model_kwargs(adaptor_S)})
+        results = self.run_adaptor(adaptor_S, batch_S, outputs, who)
         if not self._validated:
             mask, found = results.get("inputs_mask"), find_mask(batch_S)
             if mask is not None and (found is None or found.shape != mask.shape or
                                      not torch.equal(found.bool(), mask.to(found.device).bool())):
-                self._unit_norm_ok = False  # the batch's mask does not tell how the losses count tokens
+                self._mask_matches_batch = False  # the batch's mask does not tell how the losses count tokens
                 logger.warning("%s's inputs_mask is not the batch's mask: loss terms are averaged per micro-batch "
                                "(loss_normalization='micro_batch')", who)
         return results
 
-    def train_on_batch(self, batch: Any, args: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One micro-batch: forward passes and :meth:`compute_loss`. Returns ``(loss, {term: value})``."""
+    def teacher_side(self, batch_T: Any, precomputed: Any, args: dict, task: str | None = None) -> dict:
+        """The teacher results of a batch: ``precomputed`` ones (recorded, stored, or the batch's own
+        ``teacher_cache`` entry), or a forward pass."""
+        raise ConfigError(f"{type(self).__name__} has no teacher", "model_T")
+
+    def slim_teacher(self, results_T: dict) -> dict:
+        """The part of the teacher results the loss uses (what the recorded batches and the store keep)."""
+        return results_T
+
+    def teacher_outputs(self, batch_T: Any, precomputed: Any, args: dict, micro: MicroBatch | None) -> dict:
+        """:meth:`teacher_side`, served from the per-example teacher store when every example of the batch is in
+        it (else the teacher runs and the batch's new examples are stored)."""
+        store = self._session.store if self._session is not None else None
+        task = micro.task if micro is not None else None
+        if store is None or precomputed is not None or micro is None:
+            return self.teacher_side(batch_T, precomputed, args, task)
+        keys = micro.teacher_keys if micro.teacher_keys is not None else batch_T
+        hit = store.get(micro.example_index, keys)
+        if hit is not None:
+            return CachedTeacherResults(move_to_device(hit, self.device, non_blocking=True))
+        results = self.teacher_side(batch_T, None, args, task)
+        store.put(micro.example_index, keys, self.slim_teacher(results))
+        return results
+
+    def train_on_batch(self, batch: Any, args: dict, micro: MicroBatch | None = None) -> tuple[torch.Tensor, dict]:
+        """One micro-batch: forward passes and :meth:`compute_loss`. Returns ``(loss, {term: value})``.
+        ``micro`` carries the normalisation factors and store keys (None outside the loop: plain means)."""
         raise NotImplementedError
 
-    def compute_loss(self, results_S: dict, results_T: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, results_S: dict, results_T: Any, micro: MicroBatch | None = None):
         """The objective from the adapted outputs. Returns ``(total_loss, {term name: unweighted value})``."""
         raise NotImplementedError
 
-    # ---------------------------------------------------------------------------------------------------
-    # loss pieces shared by the distillers
-    # ---------------------------------------------------------------------------------------------------
-    def _initial_weights(self) -> dict[str, float]:
+    def loss_of(self, results_S: dict, results_T: Any, micro: MicroBatch | None) -> tuple[torch.Tensor, dict]:
+        """:meth:`compute_loss`, passing ``micro`` only to an override that takes it."""
+        if self._loss_takes_micro:
+            return self.compute_loss(results_S, results_T, micro=micro)
+        return self.compute_loss(results_S, results_T)
+
+    def dry_run(self, batch: Any, model_kwargs: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Prepare the models and compute the loss of one batch without gradients (``brewkit validate``); the
+        first-batch checks run and raise as they would in ``train()``."""
+        self.prepare_models()
+        try:
+            with torch.no_grad():
+                return self.train_on_batch(move_to_device(batch, self.device), dict(model_kwargs or {}))
+        finally:
+            self.restore_teacher_flags()
+
+    # -- loss pieces shared by the distillers -----------------------------------------------------------
+    def initial_weights(self) -> dict[str, float]:
         d = self.d_config
         if d is None:
             return {}
         return {"kd_loss_weight": d.kd_loss_weight, "hard_label_weight": d.hard_label_weight}
 
-    def _update_weights(self, total_steps: int) -> None:
+    def update_weights(self, total_steps: int) -> None:
         """After optimizer step g: the scheduled weights at progress g / total_steps (config untouched)."""
         d = self.d_config
         if d is None:
             return
         x = self.global_step / max(total_steps, 1)
-        for key, sched in (("kd_loss_weight", d.kd_loss_weight_scheduler),
-                           ("hard_label_weight", d.hard_label_weight_scheduler)):
-            if sched == NONE:
-                continue
-            f = WEIGHT_SCHEDULER[sched]
-            scale = getattr(d, key) if WEIGHT_SCHEDULER.meta(sched).get("scales_base") else 1.0
-            self.weights[key] = scale * f(x)
+        for key in ("kd_loss_weight", "hard_label_weight"):
+            schedule = d.weight_scheduler_fn(f"{key}_scheduler")
+            if schedule is not None:
+                self.weights[key] = schedule(x)
 
     def kd_term(self, logits_S: list[torch.Tensor], logits_T: list[torch.Tensor], results_S: dict,
-                mask_T: list | None, mask_S: list | None) -> tuple[torch.Tensor, Any]:
+                mask_T: list | None, mask_S: list | None, micro: MicroBatch | None = None) -> tuple[torch.Tensor, Any]:
         """Sum over logits slots of KD(z_S, z_T; tau). Returns ``(loss, temperature used)``."""
         d = self.d_config
         if len(logits_S) != len(logits_T):
             raise AdaptorError(f"adaptor_S returned {len(logits_S)} logits tensors but adaptor_T returned "
                                f"{len(logits_T)}; they are paired by position")
-        units = ["rows" if z.dim() == 2 else "tokens" if mask_S else "positions" for z in logits_S]
+        denominators = ["rows" if z.dim() == 2 else "tokens" if mask_S else "positions" for z in logits_S]
         labels = results_S.get("labels")
         total, tau = 0.0, d.temperature
         if mask_S:
             logits_S = select_logits_with_mask(logits_S, mask_S)
         if mask_T:
             logits_T = select_logits_with_mask(logits_T, mask_T)
-        for k, (zs, zt) in enumerate(zip(logits_S, logits_T)):
+        pairs = list(enumerate(zip(logits_S, logits_T)))
+        if d.textbrewer_numerics == "0.2.1":
+            pairs = pairs[-1:]  # TextBrewer 0.2.1 overwrote the sum in its loop: only the last pair counted
+        for k, (zs, zt) in pairs:
             if d.probability_shift:
                 if not labels:
                     raise AdaptorError("probability_shift needs 'labels' from adaptor_S")
                 zt = probability_shift_(zt.clone(), labels[k] if len(labels) > k else labels[0])
             tau = self.temperature_scheduler(zs, zt, d.temperature) if self.temperature_scheduler else d.temperature
             if d.kd_temperature_squared and self._kd_takes_t2:
-                loss = self.kd_loss(zs, zt, tau, temperature_squared=True)
+                loss = self.kd_loss(zs, zt, tau, temperature_squared=True, **self.kd_loss_args)
             elif d.kd_temperature_squared:
                 if isinstance(tau, torch.Tensor) and tau.dim() > 0:
                     raise ConfigError(f"kd_loss_type {d.kd_loss_type!r} has no temperature_squared parameter, so "
                                       "it cannot be combined with a per-row temperature scheduler",
                                       "kd_temperature_squared")
-                loss = self.kd_loss(zs, zt, tau) * (tau ** 2)
+                loss = self.kd_loss(zs, zt, tau, **self.kd_loss_args) * (tau ** 2)
             else:
-                loss = self.kd_loss(zs, zt, tau)
-            total = total + loss * self.term_scale(units[k])
+                loss = self.kd_loss(zs, zt, tau, **self.kd_loss_args)
+            total = total + loss * scale_of(micro, denominators[k])
         return total, tau
 
     @staticmethod
@@ -288,64 +375,40 @@ class AbstractDistiller:
             return None
         return sum(l.mean() for l in losses)
 
-    # ---------------------------------------------------------------------------------------------------
-    # the per-example teacher cache (d_config.teacher_cache)
-    # ---------------------------------------------------------------------------------------------------
-    def cached_teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
-        """:meth:`teacher_side`, served from the per-example cache when every example of the batch is in it
-        (else the teacher runs and the batch's new examples are stored)."""
-        tcache = self._tcache
-        if tcache is None or cache is not None:
-            return self.teacher_side(batch_T, cache, args)
-        keys_T = self._cpu_batch_T if self._cpu_batch_T is not None else batch_T
-        hit = tcache.get(self._example_index, keys_T)
-        if hit is not None:
-            return CachedTeacherResults(move_to_device(hit, self.device, non_blocking=True))
-        results = self.teacher_side(batch_T, cache, args)
-        tcache.put(self._example_index, keys_T, self.slim_teacher(results))
-        return results
-
-    def slim_teacher(self, results_T: dict) -> dict:
-        """The part of the teacher results the loss uses (what the caches keep)."""
-        return results_T
-
-    def _open_teacher_cache(self) -> None:
+    # -- teacher stores ---------------------------------------------------------------------------------
+    def open_teacher_store(self) -> TeacherCache | None:
+        """The per-example teacher store of ``DistillationConfig.teacher_cache`` (None when it is off)."""
         d = self.d_config
-        if d is None or d.teacher_cache == "none" or self._tcache is not None:
-            return
-        if not self.has_teacher or not hasattr(self, "teacher_side"):
+        if d is None or d.teacher_cache == "none":
+            return None
+        if not self.has_teacher:
             raise ConfigError(f"{type(self).__name__} has no teacher to cache", "teacher_cache")
-        adaptors = getattr(self, "adaptors_T", None) or [self.adaptor_T]
-        parts = {"teacher_dtype": self.t_config.teacher_dtype, "distiller": type(self).__name__,
-                 "adaptors_T": [getattr(a, "__qualname__", type(a).__name__) for a in adaptors],
-                 "matches": [[m.feature, m.layer_T] for m in getattr(self, "matches", [])],
-                 "aggregation": [d.teacher_aggregation, d.teacher_weights, d.temperature]
-                 if len(self.teachers()) > 1 else None}
+        if not self._step_takes_micro:
+            raise ConfigError(f"{type(self).__name__}.train_on_batch takes no 'micro' argument, so the per-example "
+                              "store cannot see the example indices; add micro=None and pass it on",
+                              "teacher_cache")
         directory = d.teacher_cache_dir or os.path.join(self.t_config.output_dir, "teacher_cache")
-        self._tcache = TeacherCache(d.teacher_cache, cache_fingerprint(self.teachers(), parts),
-                                    d.teacher_cache_dtype, directory if d.teacher_cache == "disk" else None,
-                                    rank=self.rank)
-        logger.info("teacher cache (%s): %d examples cached already", d.teacher_cache, len(self._tcache))
+        store = TeacherCache(d.teacher_cache, store_fingerprint(self.teachers(), self.store_fingerprint_parts()),
+                             d.teacher_cache_dtype, directory if d.teacher_cache == "disk" else None, rank=self.rank)
+        logger.info("teacher cache (%s): %d examples cached already", d.teacher_cache, len(store))
+        return store
 
-    # ---------------------------------------------------------------------------------------------------
-    # batches
-    # ---------------------------------------------------------------------------------------------------
-    def _cache_teacher(self, cursor: LoaderCursor, args: dict) -> list:
-        """One pass over the data through the teacher(s); keeps batches and needed teacher results on CPU."""
+    def record_teacher_outputs(self, cursor: LoaderCursor, args: dict, task: str | None = None) -> list:
+        """``is_caching_logits``: one pass over the data through the teacher(s); keeps each batch and the teacher
+        results the loss needs, on the CPU."""
         raise ConfigError(f"{type(self).__name__} has no teacher to cache", "is_caching_logits")
 
-    def _make_cursor(self, dataloader: Iterable, batch_postprocessor: Callable | None, args: dict) -> LoaderCursor:
-        source = dataloader if batch_postprocessor is None else _Mapped(dataloader, batch_postprocessor)
+    def make_cursor(self, dataloader: Iterable, batch_postprocessor: Callable | None, args: dict) -> LoaderCursor:
+        """The data cursor ``train()`` iterates: over the loader, or over the recorded batches."""
+        source = dataloader if batch_postprocessor is None else MappedLoader(dataloader, batch_postprocessor)
         cursor = LoaderCursor(source)
         if self.d_config is not None and self.d_config.is_caching_logits:
-            if self._cache is None:  # computed once per distiller, not once per train() call
-                self._cache = self._cache_teacher(cursor, args)
-            cursor = CachedCursor(self._cache, seed=self.t_config.seed or 0, shuffle=_shuffles(dataloader))
+            if self.recorded is None:  # computed once per distiller, not once per train() call
+                self.recorded = self.record_teacher_outputs(cursor, args)
+            cursor = RecordedCursor(self.recorded, seed=self.t_config.seed or 0, shuffle=loader_shuffles(dataloader))
         return cursor
 
-    # ---------------------------------------------------------------------------------------------------
-    # the loop
-    # ---------------------------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------------
     def train(self, optimizer: torch.optim.Optimizer, dataloader: Iterable, num_epochs: int | None = None,
               scheduler_class: Callable | None = None, scheduler_args: dict | None = None, scheduler: Any = None,
               max_grad_norm: float = -1.0, num_steps: int | None = None, callback: Callable | None = None,
@@ -353,421 +416,85 @@ class AbstractDistiller:
         """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
 
         ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
-        each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last; a callback
+        each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last, with the
+        random generators restored after it: what an evaluation draws (every DataLoader iterator draws a seed)
+        does not change what training draws next, so a resumed run continues exactly. A callback
         may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends,
-        with ``interrupted`` set (under DDP the callback runs on every rank, and every rank must ask).
-        ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR scheduler after the projections
-        joined the optimizer.
+        with ``interrupted`` set. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR
+        scheduler after the projections joined the optimizer. SIGINT / SIGTERM: see :mod:`brewkit.engine.stop`.
         """
-        tc = self.t_config
-        if num_epochs is None and num_steps is None:
-            raise ConfigError("give num_epochs or num_steps", "train")
-        if num_steps is not None:
-            _int_arg(num_steps, "num_steps")
-        else:
-            _int_arg(num_epochs, "num_epochs")
-            if not hasattr(dataloader, "__len__"):
-                raise ConfigError("epoch mode needs a dataloader with __len__; pass num_steps instead", "train")
-        if tc.seed is not None:
-            seed_everything(tc.seed)
-        if distributed.wanted(tc.local_rank):
-            self.rank, self.world_size, self.device = distributed.setup(tc.local_rank, self.device)
-        self._prepare_models()
-        self._open_teacher_cache()
-        self._add_projections_to(optimizer)
-        ddp = None
-        if self.world_size > 1:
-            ddp = distributed.wrap(self.model_S, [p for p in self.projs if p is not None], self.device,
-                                   tc.ddp_find_unused_parameters)
-            self._student_forward = ddp
-        if scheduler_class is not None:
-            try:
-                scheduler = scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
-            except TypeError as e:
-                raise ConfigError(f"cannot build {getattr(scheduler_class, '__name__', scheduler_class)} with "
-                                  f"optimizer and {sorted(scheduler_args or {})}: {e}", "scheduler_args") from None
-        scaler = torch.amp.GradScaler("cuda") if tc.fp16 else None
-        accum = tc.gradient_accumulation_steps
-        cursor = self._make_cursor(self._shard(dataloader), batch_postprocessor, kwargs)
-
-        if num_steps is not None:
-            total_steps, steps_per_epoch, ckpt_steps = num_steps, None, tc.ckpt_steps or num_steps
-        else:
-            if len(cursor) == 0:
-                raise ConfigError("the dataloader is empty", "train")
-            steps_per_epoch = math.ceil(len(cursor) / accum)
-            total_steps = steps_per_epoch * num_epochs
-            ckpt_points = {steps_per_epoch * c // tc.ckpt_frequency for c in range(tc.ckpt_frequency)}
-        plan = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
-
-        def is_checkpoint_step(g: int) -> bool:
-            if num_steps is not None:
-                return g % ckpt_steps == 0 or g == num_steps
-            epoch = (g - 1) // steps_per_epoch
-            eligible = (epoch + 1) % tc.ckpt_epoch_frequency == 0 or epoch + 1 == num_epochs
-            return eligible and (g % steps_per_epoch) in ckpt_points
-
-        def is_callback_step(g: int) -> bool:  # after each checkpoint (TextBrewer), or every callback_steps
-            if tc.callback_steps is None:
-                return is_checkpoint_step(g)
-            return g % tc.callback_steps == 0 or g == total_steps
-
-        self.global_step = 0
-        self.interrupted = False
-        self.weights = self._initial_weights()
-        start = self._resume(optimizer, scheduler, scaler, cursor, plan)
-        if start is None:
-            cursor.start_pass(0)
-        metrics = MetricsWriter(tc.output_dir, tc.log_dir, enabled=self.rank == 0)
-        if start is not None:
-            metrics.drop_after(self.global_step)
-        progress = self._progress_bar(total_steps)
-        autocast = torch.autocast(self.device.type, dtype=tc.amp_dtype, enabled=tc.amp_dtype is not None)
-        params = self.trainable_parameters()
-        sums: dict[str, torch.Tensor] = {}
-        micro, samples, skipped, t_log = 0, 0, 0, time.perf_counter()
-        cache_pass = cursor.pass_index
-        logger.info("training %s for %d optimizer steps (%s)", type(self).__name__, total_steps,
-                    f"{num_epochs} epochs x {steps_per_epoch} steps" if num_steps is None else "step mode")
-        with self._sigint_guard():
-            try:
-                optimizer.zero_grad(set_to_none=True)
-                while self.global_step < total_steps:
-                    group = self._next_group(cursor, accum, epoch_mode=num_steps is None)
-                    upcoming = self.global_step + 1
-                    # a finiteness check syncs with the device: every step on CPU (free), else only on
-                    # logging and checkpoint steps, so that no checkpoint is written after a bad step
-                    check = not tc.skip_nonfinite_steps and (
-                        self.device.type == "cpu" or upcoming % tc.logging_steps == 0
-                        or is_checkpoint_step(upcoming))
-                    scales = self._group_scales(group)
-                    finite = torch.ones((), dtype=torch.bool, device=self.device)
-                    if self._tcache is not None and cursor.pass_index != cache_pass:
-                        cache_pass = cursor.pass_index  # a new pass: publish what this rank cached, read the rest
-                        self._tcache.flush()
-                        distributed.barrier(self.world_size)
-                        self._tcache.refresh()
-                    for j, batch in enumerate(group):
-                        self._unit_scale = scales[j] if scales is not None else None
-                        if self._tcache is not None:
-                            batch, self._example_index = split_example_index(batch)
-                            self._cpu_batch_T = split_batch(batch)[0]  # lengths and token hashes: no device sync
-                        batch = move_to_device(batch, self.device, non_blocking=True)
-                        # DDP: gradients are all-reduced once per optimizer step, on its last micro-batch
-                        sync = contextlib.nullcontext() if ddp is None or j == len(group) - 1 else ddp.no_sync()
-                        with sync:
-                            with autocast:
-                                loss, terms = self.train_on_batch(batch, kwargs)
-                            self._validated = True
-                            if check:
-                                self._check_finite(loss, terms)
-                            elif tc.skip_nonfinite_steps:
-                                finite &= torch.isfinite(loss.detach())  # decided at the step, no sync here
-                            scaled = loss / len(group)
-                            (scaler.scale(scaled) if scaler else scaled).backward()
-                        for k, v in {"loss": loss, **terms}.items():
-                            sums[k] = sums.get(k, 0) + v.detach().float()
-                        samples += batch_size_of(batch)
-                        micro += 1
-                    grad_norm = self._optimizer_step(optimizer, scaler, params, max_grad_norm, finite,
-                                                     want_norm=check or upcoming % tc.logging_steps == 0)
-                    if grad_norm is _SKIPPED:
-                        skipped += 1
-                    elif scheduler is not None:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    self.global_step += 1
-                    self._update_weights(total_steps)
-                    if progress is not None:
-                        progress.update(1)
-                    if self.global_step % tc.logging_steps == 0 or self.global_step == total_steps:
-                        record = self._log_record(sums, micro, optimizer, grad_norm, samples, t_log, cursor,
-                                                  skipped)
-                        metrics.write(record)
-                        if progress is not None:
-                            progress.set_postfix(loss=f"{record['loss']:.4f}")
-                        logger.info("step %d/%d %s", self.global_step, total_steps,
-                                    " ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                             if isinstance(v, float) and k != "epoch"))
-                        sums, micro, samples, t_log = {}, 0, 0, time.perf_counter()
-                    stop = self._stop_requested
-                    saved = is_checkpoint_step(self.global_step) or stop
-                    if saved:
-                        self.save(optimizer, scheduler, scaler, cursor, plan, tc.save_total_limit)
-                    if callback is not None and not stop and is_callback_step(self.global_step):
-                        logger.info("running callback at step %d", self.global_step)
-                        callback(model=self.model_S, step=self.global_step)
-                        self.model_S.train()
-                        stop = self._stop_requested  # the callback asked to stop (early stopping)
-                        if stop and not saved:
-                            self.save(optimizer, scheduler, scaler, cursor, plan, tc.save_total_limit)
-                    if stop and self.global_step < total_steps:
-                        logger.warning("interrupted: saved a checkpoint at step %d and stopped", self.global_step)
-                        self.interrupted = True
-                        break
-            finally:
-                if progress is not None:
-                    progress.close()
-                metrics.close()
-                self._restore_teacher_flags()
-                if self._tcache is not None:
-                    self._tcache.close()
-                if ddp is not None:  # release the DDP reducer now, while the process group is alive
-                    self._student_forward = self.model_S
-                    del ddp
-
-    # -- loop helpers -----------------------------------------------------------------------------------
-    def _group_scales(self, group: list) -> list[torch.Tensor] | None:
-        """Per micro-batch, per unit: ``k * W * count_j / total`` (k micro-batches, W processes), so that after
-        the loop's division by k and DDP's mean over W each term is averaged over the whole effective batch.
-        None when there is nothing to rescale (one micro-batch, one process) or it is switched off."""
-        if self.t_config.loss_normalization != "effective_batch" or not self._unit_norm_ok or \
-                (len(group) == 1 and self.world_size == 1):
-            return None
-        counts = [unit_counts(_student_part(b)).to(self.device) for b in group]
-        total = torch.stack(counts).sum(0)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
-        factor = len(group) * self.world_size
-        return [(c * factor / total.clamp_min(1)).float() for c in counts]
-
-    def term_scale(self, unit: str) -> torch.Tensor | float:
-        """The factor for a term whose mean divides by ``unit`` (see :func:`_group_scales`); 1 if none."""
-        s = self._unit_scale
-        return 1.0 if s is None else s[UNITS.index(unit)]
-
-    def _shard(self, dataloader: Any) -> Any:
-        return distributed.shard(dataloader, self.rank, self.world_size, self.t_config.seed or 0)
-
-    def _next_group(self, cursor: LoaderCursor, accum: int, epoch_mode: bool) -> list:
-        """The micro-batches of one optimizer step. Epoch mode: a group never crosses an epoch boundary,
-        so the last group of an epoch may be shorter (it still steps, scaled by its own size)."""
-        group: list = []
-        while len(group) < accum:
-            if not epoch_mode:
-                group.append(cursor.next_cycling())
-                continue
-            try:
-                group.append(cursor.next())
-            except StopIteration:
-                if group:
-                    break
-                cursor.start_pass(cursor.pass_index + 1)
-        return group
-
-    def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
-        if torch.isfinite(loss):
-            return
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()] or ["total"]
-        raise NonFiniteLossError(f"non-finite loss at step {self.global_step + 1}: term(s) {', '.join(bad)}; "
-                                 "the last checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
-
-    def _optimizer_step(self, optimizer, scaler, params, max_grad_norm: float, loss_finite: torch.Tensor,
-                        want_norm: bool):
-        """Unscale, clip, check and step. Returns the gradient norm (when computed) or ``_SKIPPED``."""
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        norm = None
-        if max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        elif want_norm or self.t_config.skip_nonfinite_steps:
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if self.t_config.skip_nonfinite_steps and scaler is None:
-            norm_ok = torch.isfinite(norm) if norm is not None else torch.ones((), dtype=torch.bool)
-            bad = not bool(norm_ok.to(loss_finite.device) & loss_finite)
-        else:
-            bad = norm is not None and scaler is None and not torch.isfinite(norm)
-        if bad:
-            if not self.t_config.skip_nonfinite_steps:
-                raise NonFiniteLossError(f"non-finite gradient norm at step {self.global_step + 1}; the last "
-                                         "checkpoint is intact (set skip_nonfinite_steps=True to skip such steps)")
-            optimizer.zero_grad(set_to_none=True)
-            return _SKIPPED
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        return norm
-
-    def _log_record(self, sums, micro, optimizer, grad_norm, samples, t_log, cursor, skipped) -> dict:
-        """Means over the micro-batches since the last log. The only host sync of the loop is here."""
-        elapsed = max(time.perf_counter() - t_log, 1e-9)
-        if self.world_size > 1:  # every rank takes part; only rank 0 writes
-            sums = distributed.mean_over_ranks(sums, self.world_size)
-            samples *= self.world_size
-        record: dict[str, Any] = {"step": self.global_step, "epoch": cursor.pass_index}
-        for k, v in sums.items():
-            record[k] = float(v) / max(micro, 1)
-        record["lr"] = float(optimizer.param_groups[0]["lr"])
-        for k, w in self.weights.items():
-            record[k] = float(w)
-        if grad_norm is not None and grad_norm is not _SKIPPED:
-            record["grad_norm"] = float(grad_norm)
-        record["samples_per_s"] = samples / elapsed
-        if skipped:
-            record["skipped_steps"] = skipped
-        return record
-
-    def _progress_bar(self, total: int):
-        show = self.t_config.progress_bar
-        if show is None:
-            show = hasattr(os.sys.stderr, "isatty") and os.sys.stderr.isatty()
-        if not show or self.rank != 0:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=self.global_step, desc="distilling", dynamic_ncols=True)
-
-    @contextlib.contextmanager
-    def _sigint_guard(self):
-        """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: stop at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            logger.warning("Ctrl-C: saving a checkpoint after this step (press again to abort)")
-
-        signal.signal(signal.SIGINT, handler)
+        s = self._session = sessions.open_session(
+            self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
+            scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
+            batch_postprocessor=batch_postprocessor, model_kwargs=kwargs)
         try:
-            yield
+            with self.stop.installed():
+                while self.global_step < s.plan.total_steps:
+                    step = self.global_step + 1
+                    check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
+                    group = s.next_group()
+                    finite = torch.ones((), dtype=torch.bool, device=self.device)
+                    for j, micro in s.micro_batches(group):
+                        with s.gradient_sync(j, len(group)):
+                            finite = self.forward_backward(s, micro, len(group), step, check, finite, kwargs)
+                    grad_norm, skipped = s.stepper.step(step, finite, check, check or s.plan.is_logging_step(step))
+                    self.global_step = step
+                    self.update_weights(s.plan.total_steps)
+                    s.logger.step_done(skipped)
+                    if s.plan.is_logging_step(step):
+                        s.logger.log_step(step, s.cursor.pass_index, s.stepper.optimizer.param_groups[0]["lr"],
+                                          self.weights, grad_norm)
+                    if self.after_step(s, step, callback):
+                        break
         finally:
-            signal.signal(signal.SIGINT, previous)
-            self._stop_requested = False
+            sessions.close_session(self, s)
+            self._session = None
+
+    def forward_backward(self, s: sessions.TrainingSession, micro: MicroBatch, n: int, step: int, check: bool,
+                         finite: torch.Tensor, args: dict) -> torch.Tensor:
+        """Loss of one micro-batch (under autocast), its checks, backward of ``loss / n``; returns the running
+        finiteness verdict of the step."""
+        with s.autocast:
+            if self._step_takes_micro:
+                loss, terms = self.train_on_batch(micro.batch, args, micro=micro)
+            else:
+                loss, terms = self.train_on_batch(micro.batch, args)
+        self._validated = True
+        finite = s.check_finite(step, loss, terms, check, finite)
+        s.stepper.backward(loss / n)
+        s.logger.add(loss, terms, batch_size_of(micro.batch))
+        return finite
+
+    def after_step(self, s: sessions.TrainingSession, step: int, callback: Callable | None) -> bool:
+        """Checkpoint, callback and stop requests after optimizer step ``step``. Returns whether to stop."""
+        stop = self.stop.agreed(s.ctx.world_size)
+        saved = s.plan.is_checkpoint_step(step) or stop
+        if saved:
+            sessions.save_checkpoint(self, s)
+        if callback is not None and not stop and s.plan.is_callback_step(step):
+            logger.info("running callback at step %d", step)
+            with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
+                callback(model=self.model_S, step=step)
+            self.model_S.train()
+            stop = self.stop.agreed(s.ctx.world_size)  # the callback asked to stop (early stopping)
+            if stop and not saved:
+                sessions.save_checkpoint(self, s)
+        if stop and step < s.plan.total_steps:
+            logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
+            self.interrupted = True
+        return stop
 
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and return after the current optimizer step."""
-        self._stop_requested = True
+        self.stop.request()
 
-    # -- checkpoints ------------------------------------------------------------------------------------
-    def _fingerprint(self) -> dict:
-        """What a checkpoint must match to be resumed: models (class, size) and the distillation config."""
-        def describe(m: nn.Module) -> list:
-            return [type(unwrap(m)).__name__, sum(p.numel() for p in m.parameters())]
-
-        return {"distiller": type(self).__name__, "student": describe(self.model_S),
-                "teachers": [describe(t) for t in self.teachers()],
-                "distillation_config": _without_cache_keys(self.d_config.to_dict()) if self.d_config else None}
-
-    def save(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict,
-             save_total_limit: int | None = None) -> str | None:
-        """Write ``checkpoint-{global_step}`` from rank 0 (with every rank's RNG state), between barriers."""
-        if self._tcache is not None:
-            self._tcache.flush()
-        cur = cursor.state_dict()
-        rng = get_rng_state()
-        rng["cursor"] = cur
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            gathered = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object(rng, gathered, dst=0)
-            if self.rank != 0:
-                distributed.barrier(self.world_size)
-                return None
-            extra = {f"rng_state_rank{r}": g for r, g in enumerate(gathered)}
-        else:
-            extra = {}
-        state = {"global_step": self.global_step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
-                 "weights": self.weights, "plan": plan, "fingerprint": self._fingerprint(),
-                 "brewkit_version": __version__}
-        configs = {"training_config": self.t_config.to_dict()}
-        if self.d_config is not None:
-            configs["distillation_config"] = self.d_config.to_dict()
-        path = save_checkpoint(self.t_config.output_dir, self.global_step, student=self.model_S,
-                               projections=self.projection_modules(), optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler, rng_state=rng, trainer_state=state, configs=configs,
-                               save_total_limit=save_total_limit, extra=extra)
-        logger.info("saved %s", path)
-        distributed.barrier(self.world_size)
-        return path
-
-    def _resume(self, optimizer, scheduler, scaler, cursor: LoaderCursor, plan: dict) -> str | None:
-        r = self.t_config.resume_from_checkpoint
-        if not r:
-            return None
-        if r is True:
-            path = latest_checkpoint(self.t_config.output_dir)
-            if path is None:
-                logger.info("resume_from_checkpoint=True but %s has no checkpoint: starting fresh",
-                            self.t_config.output_dir)
-                return None
-        else:
-            path = r
-            if not os.path.isdir(path):
-                raise CheckpointError(f"resume_from_checkpoint: no checkpoint directory at {path}")
-        state = load_state(path)
-        ts = state["trainer_state"]
-        if ts.get("fingerprint") != self._fingerprint():
-            if not self.t_config.force_resume:
-                raise CheckpointError(f"{path} was written by a different run (models or distillation config "
-                                      f"differ: {ts.get('fingerprint')} vs {self._fingerprint()}); set "
-                                      "force_resume=True to load it anyway")
-            logger.warning("force_resume: loading %s although it was written by a different run", path)
-        if ts["plan"] != plan:
-            raise CheckpointError(f"{path} was written for a different schedule ({ts['plan']}); this run has {plan}")
-        load_student(self.model_S, path)
-        if state["projections"] is not None:
-            self.projection_modules().load_state_dict(state["projections"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        self.global_step = ts["global_step"]
-        self.weights = dict(ts["weights"])
-        rng = state["extra"].get(f"rng_state_rank{self.rank}", state["rng_state"])
-        cursor.load_state_dict(rng.pop("cursor"))
-        set_rng_state(rng)
-        logger.info("resumed from %s at step %d", path, self.global_step)
-        return path
-
-
-_SKIPPED = object()
-
-
-def _int_arg(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"must be a positive integer, got {value!r}", name)
-
-
-def _shuffles(loader: Any) -> bool:
-    """Whether a loader draws a new order each pass (then the teacher cache is reshuffled each pass too)."""
-    sampler = getattr(loader, "sampler", None)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    return isinstance(sampler, torch.utils.data.RandomSampler) or bool(getattr(sampler, "shuffle", False)) \
-        or bool(getattr(batch_sampler, "shuffle", False))
-
-
-def _student_part(batch: Any) -> Any:
-    if hasattr(batch, "task") and hasattr(batch, "batch"):  # a MultiTask micro-batch
-        batch = batch.batch
-    return split_batch(batch)[1]
-
-
-class _Mapped:
-    """A dataloader whose batches go through ``fn`` (``batch_postprocessor``)."""
-
-    def __init__(self, loader: Iterable, fn: Callable):
-        self.loader, self.fn = loader, fn
-        self.sampler = getattr(loader, "sampler", None)
-        self.batch_sampler = getattr(loader, "batch_sampler", None)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return (self.fn(b) for b in self.loader)
-
-
-def _without_cache_keys(d: dict) -> dict:
-    """How the teacher is cached does not change what a checkpoint trained: resuming may switch it."""
-    return {k: v for k, v in d.items() if not k.startswith("teacher_cache")}
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Write an evaluation record ``{"step": step, **metrics}`` through the run's step logger (metrics file
+        and TensorBoard; rank 0 only). Outside ``train()`` it is appended to ``output_dir/metrics.jsonl``."""
+        step = self.global_step if step is None else step
+        if self._session is not None:
+            self._session.logger.log_eval(step, metrics)
+        elif self.rank == 0:
+            writer = MetricsWriter(self.t_config.output_dir, self.t_config.log_dir)
+            writer.write({"step": step, **metrics})
+            writer.close()

@@ -6,9 +6,11 @@ from typing import Any
 import torch
 
 from ..configs import DistillationConfig, TrainingConfig
+from ..engine.batches import detach_to_cpu, move_to_device, split_batch
+from ..engine.cursor import LoaderCursor
+from ..engine.micro_batch import MicroBatch, scale_of
 from ..errors import AdaptorError, ConfigError
-from .base import AbstractDistiller, CachedTeacherResults
-from .utils import LoaderCursor, detach_to_cpu, move_to_device, split_batch
+from .base import AbstractDistiller, CachedTeacherResults, check_model
 
 
 class BasicTrainer(AbstractDistiller):
@@ -27,16 +29,16 @@ class BasicTrainer(AbstractDistiller):
         super().train(optimizer, dataloader, num_epochs, scheduler_class, scheduler_args, scheduler,
                       max_grad_norm, num_steps, callback, batch_postprocessor, **kwargs)
 
-    def train_on_batch(self, batch: Any, args: dict):
+    def train_on_batch(self, batch: Any, args: dict, micro: MicroBatch | None = None):
         results = self.student_results(batch, args, who="adaptor")
-        return self.compute_loss(results, None)
+        return self.loss_of(results, None, micro)
 
-    def compute_loss(self, results_S: dict, results_T: Any = None):
+    def compute_loss(self, results_S: dict, results_T: Any = None, micro: MicroBatch | None = None):
         loss = self.hard_label_term(results_S)
         if loss is None:
             raise AdaptorError("BasicTrainer needs 'losses' from its adaptor (for a Hugging Face model: put "
                                "'labels' in the batch so the model returns its loss)")
-        return loss * self.term_scale("rows"), {}
+        return loss * scale_of(micro, "rows"), {}
 
 
 class BasicDistiller(AbstractDistiller):
@@ -56,24 +58,23 @@ class BasicDistiller(AbstractDistiller):
         self._check_teachers()
 
     def _check_teachers(self) -> None:
-        from .base import _check_model
-
-        _check_model(self.model_T, "model_T")
+        check_model(self.model_T, "model_T")
 
     # -- teacher side -----------------------------------------------------------------------------------
-    def teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
-        """Results of the teacher: cached, from a user-supplied ``teacher_cache``, or a forward pass."""
-        if isinstance(cache, CachedTeacherResults):
-            return cache
-        if cache is not None:  # TextBrewer's protocol: the cache stands in for the model output
-            return self._run_adaptor(self.adaptor_T, batch_T, cache, "adaptor_T")
+    def teacher_side(self, batch_T: Any, precomputed: Any, args: dict, task: str | None = None) -> dict:
+        """Results of the teacher: recorded or stored, the batch's own ``teacher_cache`` entry (TextBrewer's
+        protocol: it stands in for the model output), or a forward pass."""
+        if isinstance(precomputed, CachedTeacherResults):
+            return precomputed
+        if precomputed is not None:
+            return self.run_adaptor(self.adaptor_T, batch_T, precomputed, "adaptor_T")
         return self.teacher_results(self.model_T, self.adaptor_T, batch_T, args, "adaptor_T")
 
     def slim_teacher(self, results_T: dict) -> dict:
         """The part of the teacher results the loss uses (what caching keeps)."""
         return {k: results_T[k] for k in ("logits", "logits_mask") if k in results_T}
 
-    def _cache_teacher(self, cursor: LoaderCursor, args: dict) -> list:
+    def record_teacher_outputs(self, cursor: LoaderCursor, args: dict, task: str | None = None) -> list:
         items = []
         cursor.start_pass(0)
         while True:
@@ -81,38 +82,39 @@ class BasicDistiller(AbstractDistiller):
                 batch = cursor.next()
             except StopIteration:
                 break
-            batch_T, batch_S, cache = split_batch(batch)
-            results = self.teacher_side(move_to_device(batch_T, self.device), cache, args)
+            batch_T, batch_S, precomputed = split_batch(batch)
+            results = self.teacher_side(move_to_device(batch_T, self.device), precomputed, args, task)
             cached = CachedTeacherResults(detach_to_cpu(self.slim_teacher(results)))
             items.append({"teacher": batch_T, "student": batch_S, "teacher_cache": cached})
         self._validated = False  # the student side is checked on the first training batch
         return items
 
     # -- the step ---------------------------------------------------------------------------------------
-    def train_on_batch(self, batch: Any, args: dict):
-        batch_T, batch_S, cache = split_batch(batch)
-        results_T = self.cached_teacher_side(batch_T, cache, args)
+    def train_on_batch(self, batch: Any, args: dict, micro: MicroBatch | None = None):
+        batch_T, batch_S, precomputed = split_batch(batch)
+        results_T = self.teacher_outputs(batch_T, precomputed, args, micro)
         results_S = self.student_results(batch_S, args)
-        return self.compute_loss(results_S, results_T)
+        return self.loss_of(results_S, results_T, micro)
 
-    def compute_loss(self, results_S: dict, results_T: dict):
+    def compute_loss(self, results_S: dict, results_T: dict, micro: MicroBatch | None = None):
         for who, r in (("adaptor_S", results_S), ("adaptor_T", results_T)):
             if not r.get("logits"):
                 raise AdaptorError(f"{who} returned no 'logits'; {type(self).__name__} distills logits")
-        return self.logits_terms(results_S, results_T)
+        return self.logits_terms(results_S, results_T, micro)
 
-    def logits_terms(self, results_S: dict, results_T: dict) -> tuple[torch.Tensor, dict]:
+    def logits_terms(self, results_S: dict, results_T: dict, micro: MicroBatch | None = None
+                     ) -> tuple[torch.Tensor, dict]:
         """KD on logits (when both sides have them) plus the hard-label term."""
         total, terms = 0.0, {}
         if results_S.get("logits") and results_T.get("logits"):
             kd, tau = self.kd_term(results_S["logits"], results_T["logits"], results_S,
-                                   results_T.get("logits_mask"), results_S.get("logits_mask"))
+                                   results_T.get("logits_mask"), results_S.get("logits_mask"), micro)
             total = total + self.weights["kd_loss_weight"] * kd
             terms["unweighted_kd_loss"] = kd
             if isinstance(tau, torch.Tensor):
                 terms["temperature"] = tau.detach().float().mean()
         hl = self.hard_label_term(results_S)
         if hl is not None:
-            total = total + self.weights["hard_label_weight"] * hl * self.term_scale("rows")
+            total = total + self.weights["hard_label_weight"] * hl * scale_of(micro, "rows")
             terms["unweighted_hard_label_loss"] = hl
         return total, terms

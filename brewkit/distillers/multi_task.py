@@ -8,10 +8,12 @@ import torch
 
 from ..checkpoint import unwrap
 from ..configs import DistillationConfig, TrainingConfig
+from ..engine.batches import split_batch
+from ..engine.cursor import LoaderCursor, MappedLoader, RecordedCursor, loader_shuffles
+from ..engine.micro_batch import MicroBatch
 from ..errors import ConfigError
-from .base import _check_model
+from .base import CachedTeacherResults, check_model
 from .general import GeneralDistiller
-from .utils import CachedCursor, LoaderCursor, move_to_device, split_batch
 
 
 class TaskBatch:
@@ -83,13 +85,14 @@ class MultiTaskDistiller(GeneralDistiller):
         self.adaptors_S = adaptor_S or {t: None for t in tasks}
         self.task_weights: dict[str, float] | None = None
         self.task_kwarg: str | None = "task"
+        self.tau, self.batch_postprocessors = 1.0, {}
         self._pass_task = False
 
     def _check_teachers(self) -> None:
         if not isinstance(self.model_T, dict) or not self.model_T:
             raise ConfigError("must be a dict {task name: teacher model}", "model_T")
         for t, m in self.model_T.items():
-            _check_model(m, f"model_T[{t!r}]")
+            check_model(m, f"model_T[{t!r}]")
 
     def train(self, optimizer, dataloaders: dict, num_steps: int, scheduler_class=None, scheduler_args=None,
               scheduler=None, max_grad_norm=-1.0, tau: float = 1, callback=None, batch_postprocessors=None,
@@ -104,49 +107,49 @@ class MultiTaskDistiller(GeneralDistiller):
         self.task_weights, self.task_kwarg = task_weights, task_kwarg
         # decided once per train(), not per micro-batch: does the student's forward take the task name?
         self._pass_task = bool(task_kwarg) and task_kwarg in inspect.signature(unwrap(self.model_S).forward).parameters
-        self._tau, self._postprocessors = tau, batch_postprocessors or {}
+        self.tau, self.batch_postprocessors = tau, batch_postprocessors or {}
         super().train(optimizer, dataloaders, num_epochs=None, scheduler_class=scheduler_class,
                       scheduler_args=scheduler_args, scheduler=scheduler, max_grad_norm=max_grad_norm,
                       num_steps=num_steps, callback=callback, **kwargs)
 
-    def _make_cursor(self, dataloaders: dict, batch_postprocessor, args: dict) -> LoaderCursor:
-        from .base import _Mapped, _shuffles
-
+    def make_cursor(self, dataloaders: dict, batch_postprocessor, args: dict) -> LoaderCursor:
         cursors = {}
-        if self.d_config.is_caching_logits and self._cache is None:
-            self._cache = {}
+        if self.d_config.is_caching_logits and self.recorded is None:
+            self.recorded = {}
         for task, loader in dataloaders.items():
-            fn = self._postprocessors.get(task)
-            cursor = LoaderCursor(loader if fn is None else _Mapped(loader, fn))
+            fn = self.batch_postprocessors.get(task)
+            cursor = LoaderCursor(loader if fn is None else MappedLoader(loader, fn))
             if self.d_config.is_caching_logits:
-                if task not in self._cache:
-                    self._task = task
-                    self._cache[task] = self._cache_teacher(cursor, args)
-                cursor = CachedCursor(self._cache[task], seed=(self.t_config.seed or 0) + len(cursors),
-                                      shuffle=_shuffles(loader))
+                if task not in self.recorded:
+                    self.recorded[task] = self.record_teacher_outputs(cursor, args, task)
+                cursor = RecordedCursor(self.recorded[task], seed=(self.t_config.seed or 0) + len(cursors),
+                                        shuffle=loader_shuffles(loader))
             cursors[task] = cursor
-        return TaskCursor(cursors, self._tau, self.t_config.seed or 0)
+        return TaskCursor(cursors, self.tau, self.t_config.seed or 0)
 
-    def teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
-        from .base import CachedTeacherResults
+    def split_task(self, item: TaskBatch) -> tuple[str, Any]:
+        return item.task, item.batch
 
-        task = self._task
-        if isinstance(cache, CachedTeacherResults):
-            return cache
-        if cache is not None:
-            return self._run_adaptor(self.adaptors_T[task], batch_T, cache, f"adaptor_T[{task!r}]")
+    def teacher_side(self, batch_T: Any, precomputed: Any, args: dict, task: str | None = None) -> dict:
+        if isinstance(precomputed, CachedTeacherResults):
+            return precomputed
+        if precomputed is not None:
+            return self.run_adaptor(self.adaptors_T[task], batch_T, precomputed, f"adaptor_T[{task!r}]")
         return self.teacher_results(self.model_T[task], self.adaptors_T[task], batch_T, args,
                                     f"adaptor_T[{task!r}]")
 
-    def train_on_batch(self, batch: Any, args: dict):
-        task = self._task = batch.task
-        batch_T, batch_S, cache = split_batch(move_to_device(batch.batch, self.device, non_blocking=True))
-        results_T = self.teacher_side(batch_T, cache, args)
+    def train_on_batch(self, batch: Any, args: dict, micro: MicroBatch | None = None):
+        """One micro-batch of ``micro.task`` (``batch`` may also be a :class:`TaskBatch` outside the loop)."""
+        task = micro.task if micro is not None else None
+        if isinstance(batch, TaskBatch):
+            task, batch = batch.task, batch.batch
+        batch_T, batch_S, precomputed = split_batch(batch)
+        results_T = self.teacher_side(batch_T, precomputed, args, task)
         student_args = dict(args)
         if self._pass_task:
             student_args[self.task_kwarg] = task
         results_S = self.student_results(batch_S, student_args, self.adaptors_S[task], f"adaptor_S[{task!r}]")
-        loss, terms = self.compute_loss(results_S, results_T)
+        loss, terms = self.loss_of(results_S, results_T, micro)
         if self.task_weights is not None:
             loss = loss * self.task_weights.get(task, 1.0)
         return loss, terms

@@ -7,7 +7,7 @@ import torch
 
 from ..configs import DistillationConfig, TrainingConfig
 from ..errors import ConfigError
-from .base import CachedTeacherResults, _check_model
+from .base import CachedTeacherResults, check_model
 from .basic import BasicDistiller
 
 
@@ -46,14 +46,20 @@ class MultiTeacherDistiller(BasicDistiller):
                 or not self.model_T:
             raise ConfigError("must be a non-empty list of teacher models", "model_T")
         for i, t in enumerate(self.model_T):
-            _check_model(t, f"model_T[{i}]")
+            check_model(t, f"model_T[{i}]")
 
-    def teacher_side(self, batch_T: Any, cache: Any, args: dict) -> dict:
-        if isinstance(cache, CachedTeacherResults):
-            return cache
-        if cache is not None:
-            per_teacher = [self._run_adaptor(a, batch_T, c, f"adaptor_T[{i}]")
-                           for i, (a, c) in enumerate(zip(self.adaptors_T, cache))]
+    def store_fingerprint_parts(self) -> dict:
+        d = self.d_config
+        return {**super().store_fingerprint_parts(),
+                "adaptors_T": [getattr(a, "__qualname__", type(a).__name__) for a in self.adaptors_T],
+                "aggregation": [d.teacher_aggregation, d.teacher_weights, d.temperature]}
+
+    def teacher_side(self, batch_T: Any, precomputed: Any, args: dict, task: str | None = None) -> dict:
+        if isinstance(precomputed, CachedTeacherResults):
+            return precomputed
+        if precomputed is not None:
+            per_teacher = [self.run_adaptor(a, batch_T, c, f"adaptor_T[{i}]")
+                           for i, (a, c) in enumerate(zip(self.adaptors_T, precomputed))]
         else:
             per_teacher = [self.teacher_results(m, a, batch_T, args, f"adaptor_T[{i}]")
                            for i, (m, a) in enumerate(zip(self.model_T, self.adaptors_T))]
