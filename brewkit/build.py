@@ -25,7 +25,7 @@ from .engine.plan import TrainPlan
 from .engine.rng import seed_everything
 from .errors import ConfigError
 from .layer_maps import expand_layer_map
-from .models import build_model
+from .models import build_model, build_model_with_report
 from .runfile import RunConfig, in_section
 
 R = TypeVar("R")
@@ -125,8 +125,7 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     teacher = tok_T = None
     if run.teacher is not None:  # with distiller 'train', only a source for init_from_teacher
         teacher, tok_T = in_section("teacher", build_model, run.teacher, num_labels)
-    student, tok_S = in_section("student", build_model, run.student, num_labels, teacher)
-    report = getattr(student, "brewkit_init_report", None)
+    student, tok_S, report = in_section("student", build_model_with_report, run.student, num_labels, teacher)
     if run.student.keep_layers is not None:
         notes.append(f"student keeps layers {run.student.keep_layers} of {run.student.path}")
     elif report:

@@ -11,7 +11,9 @@ A section names where a model comes from, exactly one of
 plus how to use it (``task``, ``num_labels``, ``tokenizer``, ``attn_implementation``, ``dtype``). A student
 may also say ``init_from_teacher: {layers: [0, 2, 4]}``: it then starts from the teacher's embeddings, those
 teacher layers and the head; with no source of its own it takes the teacher's config with fewer layers.
+The copying itself is :mod:`brewkit.layer_surgery`; one-line descriptions are :mod:`brewkit.describe`.
 
+One concept, a model section: what it may say (:class:`ModelSpec`) and the model it gives (:func:`build_model`).
 Nothing here touches the network: every load passes ``local_files_only=True``.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import transformers
 from torch import nn
 
 from .errors import ConfigError
+from .layer_surgery import InitReport, check_layer_indices, init_from_teacher, keep_layers
 from .paths import PKG_PREFIX, resolve_path, split_pkg
 from .registry import Registry
 from .validation import check_keys, is_int
@@ -66,18 +69,6 @@ def _nonempty_str(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"must be a non-empty string, got {value!r}", path)
     return value
-
-
-def _check_layers(layers: Any, path: str = "init_from_teacher.layers") -> list[int]:
-    """A non-empty list of teacher layer indices (integers >= 0)."""
-    if not isinstance(layers, (list, tuple)):
-        raise ConfigError(f"must be a list of teacher layer indices such as [0, 2, 4], got {layers!r}", path)
-    if not layers:
-        raise ConfigError("must list at least one teacher layer", path)
-    for i, idx in enumerate(layers):
-        if not is_int(idx) or idx < 0:
-            raise ConfigError(f"must be a teacher layer index (an integer >= 0), got {idx!r}", f"{path}[{i}]")
-    return [int(i) for i in layers]
 
 
 def hf_config_from_dict(d: Any, path: str = "config") -> "transformers.PretrainedConfig":
@@ -202,9 +193,9 @@ class ModelSpec:
             if "layers" not in self.init_from_teacher:
                 raise ConfigError("is required: the teacher layers to copy, e.g. [0, 2, 4]",
                                   "init_from_teacher.layers")
-            self.init_from_teacher = {"layers": _check_layers(self.init_from_teacher["layers"])}
+            self.init_from_teacher = {"layers": check_layer_indices(self.init_from_teacher["layers"])}
         if self.keep_layers is not None:
-            self.keep_layers = _check_layers(self.keep_layers, "keep_layers")
+            self.keep_layers = check_layer_indices(self.keep_layers, "keep_layers", "layer")
             if self.path is None:
                 raise ConfigError("keeps layers of a pretrained model, so it needs path (with config or builder, "
                                   "set the number of layers there)", "keep_layers")
@@ -365,16 +356,23 @@ def _from_builder(spec: ModelSpec, num_labels: int | None):
 
 
 def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Module | None = None, *,
-                base_dir: str | None = None):
+                base_dir: str | None = None) -> tuple[nn.Module, Any]:
     """Build the model a section describes; returns ``(model, tokenizer or None)``.
 
     ``num_labels`` (from the data) sets the head size of classification tasks unless the spec gives its own
     (a different one is an error). The model comes back in eval mode, as ``from_pretrained`` gives it (a
     distiller's ``train()`` switches the student to train mode). ``teacher`` is needed by a student with
-    ``init_from_teacher``; the copy's report is kept on the model as ``model.brewkit_init_report``.
-    ``base_dir`` resolves relative paths (the YAML file's folder; default the working directory).
-    Never touches the network.
+    ``init_from_teacher`` (:func:`build_model_with_report` also returns what was copied). ``base_dir``
+    resolves relative paths (the YAML file's folder; default the working directory). Never touches the network.
     """
+    model, tokenizer, _ = build_model_with_report(spec, num_labels, teacher, base_dir=base_dir)
+    return model, tokenizer
+
+
+def build_model_with_report(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Module | None = None, *,
+                            base_dir: str | None = None) -> tuple[nn.Module, Any, InitReport | None]:
+    """:func:`build_model`, plus the :class:`~brewkit.layer_surgery.InitReport` of ``init_from_teacher``
+    (None when the spec copies nothing from the teacher): ``(model, tokenizer or None, report or None)``."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     n_labels = _num_labels(spec, num_labels)
@@ -400,36 +398,15 @@ def build_model(spec: ModelSpec, num_labels: int | None = None, teacher: nn.Modu
         model = _from_config(spec, config, n_labels)
 
     if spec.keep_layers is not None:
-        model = keep_layers(model, spec.keep_layers, spec)
+        model = keep_layers(model, spec.keep_layers, lambda config: _from_config(spec, config, None))
     if spec.tokenizer is not None:
         tokenizer = load_tokenizer(spec.tokenizer, base_dir)
+    report = None
     if spec.init_from_teacher is not None:
-        model.brewkit_init_report = init_from_teacher(model, teacher, spec.init_from_teacher["layers"])
+        report = init_from_teacher(model, teacher, spec.init_from_teacher["layers"])
     if spec.freeze:
         freeze_parameters(model, spec.freeze)
-    return model.eval(), tokenizer
-
-
-def keep_layers(model: nn.Module, layers: list[int], spec: ModelSpec | None = None) -> nn.Module:
-    """A copy of ``model`` with only the transformer blocks ``layers`` (in that order), plus its embeddings,
-    pooler and head: DistilBERT's way to start a student from a pretrained model (e.g. layers [0, 2, 4] of
-    6). ``spec`` gives the attention implementation and dtype of the copy. Errors name ``keep_layers``."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, transformers.PretrainedConfig):
-        raise ConfigError(f"{type(model).__name__} has no Hugging Face config", "keep_layers")
-    small_config = copy.deepcopy(config)
-    small_config.num_hidden_layers = len(layers)
-    spec = spec or ModelSpec(path=".")
-    small = _auto_class(spec.task).from_config(small_config, attn_implementation=spec.attn_implementation,
-                                               **_dtype_kwargs(spec, checkpoint=False))
-    try:
-        init_from_teacher(small, model, layers)
-    except ConfigError as e:  # the copy reports at init_from_teacher...; the user wrote keep_layers
-        path = (e.path or "").replace("init_from_teacher.layers", "keep_layers").replace("init_from_teacher",
-                                                                                         "keep_layers")
-        message = e.message.replace("teacher layer", "layer").replace("the teacher has", "the model has")
-        raise ConfigError(message, path) from None
-    return small
+    return model.eval(), tokenizer, report
 
 
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
@@ -447,163 +424,6 @@ def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
             p.requires_grad_(False)
             frozen += 1
     return frozen
-
-
-# -- init_from_teacher ----------------------------------------------------------------------------------
-def _base(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(prefix, base model)``: ``("bert", model.bert)`` for a Hugging Face model with a head, else
-    ``("", model)``."""
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) if prefix else None
-    if isinstance(base, nn.Module) and base is not model:
-        return prefix, base
-    return "", model
-
-
-def find_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(name, modules)`` of the model's stack of transformer blocks.
-
-    It is the outermost ``nn.ModuleList`` of same-class blocks whose length is ``config.num_hidden_layers``
-    (any length when the model has no config): ``encoder.layer`` in BERT / RoBERTa, ``transformer.layer``
-    in DistilBERT, ``h`` in GPT-2.
-    """
-    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(b) for b in m}) == 1
-             and (depth is None or len(m) == depth)]
-    found = [(n, m) for n, m in found if not any(n.startswith(o + ".") for o, _ in found if o != n)]
-    if len(found) != 1:
-        what = f"{len(found)} candidates ({', '.join(n for n, _ in found)})" if found else "none"
-        raise ConfigError(f"cannot find the layer stack of {type(model).__name__} (an nn.ModuleList of "
-                          f"{depth if depth is not None else 'N'} blocks): found {what}", "init_from_teacher")
-    return found[0]
-
-
-def _shape(t: torch.Tensor) -> list[int]:
-    return list(t.shape)
-
-
-@dataclass
-class InitReport:
-    """What :func:`init_from_teacher` copied; ``str()`` gives the line the CLI prints."""
-
-    layer_stack: str                      # e.g. "bert.encoder.layer"
-    layer_map: list[tuple[int, int]]      # (student layer, teacher layer)
-    copied: list[str]                     # other tensors copied (embeddings, pooler, head), full names
-    skipped: dict[str, str]               # head tensors left as initialised -> why
-    base_prefix: str = ""                 # e.g. "bert"; only used to shorten names in str()
-
-    def __str__(self) -> str:
-        student = ", ".join(str(s) for s, _ in self.layer_map)
-        teacher = ", ".join(str(t) for _, t in self.layer_map)
-        parts: list[str] = []  # "embeddings", "pooler", "classifier", ...
-        for name in self.copied:
-            if self.base_prefix and name.startswith(self.base_prefix + "."):
-                name = name[len(self.base_prefix) + 1:]
-            if name.split(".")[0] not in parts:
-                parts.append(name.split(".")[0])
-        line = (f"student layers [{student}] <- teacher layers [{teacher}] ({self.layer_stack}); "
-                f"copied {len(self.copied)} other tensors ({', '.join(parts) or 'none'})")
-        if self.skipped:
-            line += "; left as initialised: " + ", ".join(f"{n} ({why})" for n, why in self.skipped.items())
-        return line
-
-
-def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: list[int]) -> InitReport:
-    """Initialise ``student`` from ``teacher``: student layer ``i`` <- teacher layer ``layers[i]``.
-
-    Copies, in place and without gradients: the chosen encoder layers (all of their tensors, which must
-    match by name and shape), every other tensor of the base model (embeddings, pooler, final norm; these
-    must exist in the teacher with the same shape), and head tensors whose names and shapes match (a head
-    with a different number of labels is left as initialised and reported). The student needs exactly
-    ``len(layers)`` layers. Errors are :class:`ConfigError` at ``init_from_teacher...``.
-    """
-    layers = _check_layers(layers)
-    s_prefix, s_base = _base(student)
-    t_prefix, t_base = _base(teacher)
-    s_name, s_stack = find_layer_stack(s_base)
-    t_name, t_stack = find_layer_stack(t_base)
-    for i, idx in enumerate(layers):
-        if idx >= len(t_stack):
-            raise ConfigError(f"teacher layer {idx} does not exist: the teacher has {len(t_stack)} layers "
-                              f"(0..{len(t_stack) - 1})", f"init_from_teacher.layers[{i}]")
-    if len(s_stack) != len(layers):
-        raise ConfigError(f"lists {len(layers)} teacher layers but the student has {len(s_stack)} layers; "
-                          "list one teacher layer per student layer", "init_from_teacher.layers")
-
-    def full(prefix: str, name: str) -> str:
-        return f"{prefix}.{name}" if prefix else name
-
-    def check_same(name_s: str, t_s: torch.Tensor, name_t: str, t_t: torch.Tensor | None) -> None:
-        if t_t is None:
-            raise ConfigError(f"the teacher has no {name_t!r} to copy into the student's {name_s!r}",
-                              "init_from_teacher")
-        if t_s.shape != t_t.shape:
-            raise ConfigError(f"shape mismatch: student {name_s} is {_shape(t_s)} but teacher {name_t} is "
-                              f"{_shape(t_t)}", "init_from_teacher")
-
-    with torch.no_grad():
-        # state_dict() tensors share storage with the parameters, so copy_ writes into the student.
-        for j, idx in enumerate(layers):
-            s_state, t_state = s_stack[j].state_dict(), t_stack[idx].state_dict()
-            extra = sorted(t_state.keys() - s_state.keys())
-            if extra:
-                raise ConfigError(f"the student's layer {j} has no {extra[0]!r} (teacher "
-                                  f"{full(t_prefix, f'{t_name}.{idx}.{extra[0]}')})", "init_from_teacher")
-            for key, tensor in s_state.items():
-                name_s = full(s_prefix, f"{s_name}.{j}.{key}")
-                name_t = full(t_prefix, f"{t_name}.{idx}.{key}")
-                check_same(name_s, tensor, name_t, t_state.get(key))
-                tensor.copy_(t_state[key])
-
-        copied: list[str] = []
-        t_state = t_base.state_dict()
-        for key, tensor in s_base.state_dict().items():
-            if key.startswith(s_name + "."):
-                continue
-            check_same(full(s_prefix, key), tensor, full(t_prefix, key), t_state.get(key))
-            tensor.copy_(t_state[key])
-            copied.append(full(s_prefix, key))
-
-        skipped: dict[str, str] = {}
-        if s_prefix:  # the head: everything outside the base model
-            t_state = teacher.state_dict()
-            for key, tensor in student.state_dict().items():
-                if key.startswith(s_prefix + "."):
-                    continue
-                if key not in t_state:
-                    skipped[key] = "not in the teacher"
-                elif t_state[key].shape != tensor.shape:
-                    skipped[key] = f"shape {_shape(tensor)}, teacher {_shape(t_state[key])}"
-                else:
-                    tensor.copy_(t_state[key])
-                    copied.append(key)
-
-    return InitReport(layer_stack=full(s_prefix, s_name), layer_map=list(enumerate(layers)), copied=copied,
-                      skipped=skipped, base_prefix=s_prefix)
-
-
-# -- describing -----------------------------------------------------------------------------------------
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (shared / tied tensors counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def describe_model(model: nn.Module) -> str:
-    """One line: ``BertForSequenceClassification: 6 layers, hidden 384, 22.71M parameters``."""
-    config = getattr(model, "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    if layers is None:
-        try:
-            layers = len(find_layer_stack(model)[1])
-        except ConfigError:
-            layers = None
-    hidden = getattr(config, "hidden_size", None)
-    n = count_parameters(model)
-    count = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
-    parts = ([f"{layers} layers"] if layers is not None else []) + \
-            ([f"hidden {hidden}"] if hidden is not None else []) + [f"{count} parameters"]
-    return f"{type(model).__name__}: {', '.join(parts)}"
 
 
 # -- built-in builders ----------------------------------------------------------------------------------

@@ -19,21 +19,17 @@ import yaml
 from .build import build, in_data_section
 from .checkpoint import latest_checkpoint, write_json
 from .data import build_dataloaders
+from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
 from .errors import AdaptorError, ConfigError
 from .evaluation import evaluate
-from .models import describe_model, load_tokenizer
+from .models import load_tokenizer
 from .runfile import RunConfig, in_section
 
 
 def drop_example_index(batch: Any) -> Any:
     """Batches carry ``idx`` (the example index, for caches); models must not receive it."""
     return split_example_index(batch)[0]
-
-
-def count(model: torch.nn.Module | None) -> int:
-    """Number of parameters of ``model`` (0 for None)."""
-    return sum(p.numel() for p in model.parameters()) if model is not None else 0
 
 
 # -- validate -------------------------------------------------------------------------------------------------
@@ -53,7 +49,8 @@ def validate_run(run: RunConfig) -> str:
         lines.append(f"teacher: {describe_model(b.teacher)}")
     lines.append(f"student: {describe_model(b.student)}")
     if b.teacher is not None:
-        lines.append(f"compression: {count(b.student) / max(count(b.teacher), 1):.1%} of the teacher's parameters")
+        ratio = count_parameters(b.student) / max(count_parameters(b.teacher), 1)
+        lines.append(f"compression: {ratio:.1%} of the teacher's parameters")
     lines += [f"  {n}" for n in b.notes]
     lines.append(f"data: {len(b.train_loader.dataset)} train / "
                  f"{len(b.eval_loader.dataset) if b.eval_loader is not None else 0} eval examples, "
@@ -75,7 +72,8 @@ def validate_run(run: RunConfig) -> str:
                          f"{'' if dc.kd_loss_weight_scheduler == 'none' else f' ({dc.kd_loss_weight_scheduler})'}")
         lines.append(f"  hard labels: weight {dc.hard_label_weight}")
         for i, (m, proj) in enumerate(zip(dc.intermediate_matches or [], getattr(d, "projs", []))):
-            p = "" if proj is None else f", proj {m.proj[0]} {m.proj[1]}->{m.proj[2]} ({count(proj)} params)"
+            p = "" if proj is None else \
+                f", proj {m.proj[0]} {m.proj[1]}->{m.proj[2]} ({count_parameters(proj)} params)"
             lines.append(f"  match[{i}]: {m.feature} S{m.layer_S} <- T{m.layer_T} {m.loss} weight {m.weight}{p}")
     if b.eval_loader is not None:
         lines.append(run.evaluation.describe())
@@ -154,7 +152,8 @@ def train_run(run: RunConfig) -> dict:
     b.student.save_pretrained(final, safe_serialization=True)
     b.tokenizer.save_pretrained(final)
     summary = {"output_dir": run.output_dir, "final_model": final, "steps": steps,
-               "student_parameters": count(b.student), "teacher_parameters": count(b.teacher),
+               "student_parameters": count_parameters(b.student),
+               "teacher_parameters": count_parameters(b.teacher),
                "train_seconds": round(time.perf_counter() - t0, 1)}
     if final_eval is not None:
         summary.update(final_eval)

