@@ -99,9 +99,9 @@ def resolve_distillation(run: RunConfig, teacher: torch.nn.Module, student: torc
     if isinstance(matches, dict):
         spec = dict(matches)
         preset = spec.pop("preset")
+        depth_T, depth_S = model_depth(teacher), model_depth(student)
         dist["intermediate_matches"] = in_section(
-            "distillation.intermediate_matches",
-            lambda: expand_layer_map(preset, model_depth(teacher), model_depth(student), **spec))
+            "distillation.intermediate_matches", lambda: expand_layer_map(preset, depth_T, depth_S, **spec))
     return in_section("distillation", DistillationConfig.from_dict, dist)
 
 
