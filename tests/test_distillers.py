@@ -492,3 +492,22 @@ def test_request_stop_saves_a_checkpoint_and_marks_the_run_interrupted(tmp_path)
 
     d.train(opt, batches, num_steps=2, callback=lambda model, step: step == 2 and d.request_stop())
     assert not d.interrupted and d.global_step == 2  # a stop asked for on the last step: the run is complete
+
+
+def test_effective_batch_normalisation_without_a_mask_counts_rows(tmp_path):
+    """Batches without a padding mask: every denominator counts rows, so two micro-batches of 3 and 1 rows
+    (accumulated) give the update of one batch of 4 rows."""
+    torch.manual_seed(5)
+    model, ref = Toy(), Toy()
+    ref.load_state_dict(model.state_dict())
+    batches = [{k: v for k, v in b.items() if k != "mask"} for b in toy_batches(1, batch_size=4)]
+    split = [{k: v[:3] for k, v in batches[0].items()}, {k: v[3:] for k, v in batches[0].items()}]
+    def adaptor(batch, out):
+        return {"logits": out["logits"], "losses": out["loss"]}
+
+    BasicTrainer(tcfg(tmp_path, gradient_accumulation_steps=2), model, adaptor).train(
+        torch.optim.SGD(model.parameters(), lr=0.5), split, num_steps=1)
+    BasicTrainer(tcfg(tmp_path, output_dir=str(tmp_path / "ref")), ref, adaptor).train(
+        torch.optim.SGD(ref.parameters(), lr=0.5), batches, num_steps=1)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -26,7 +26,7 @@ from brewkit.data.collate import PadCollator  # noqa: E402
 from brewkit.errors import CheckpointError, ConfigError  # noqa: E402
 from brewkit.run import drop_example_index, train_run  # noqa: E402
 from brewkit.runfile import load_run  # noqa: E402
-from brewkit.teacher_cache import TeacherCache, token_hashes  # noqa: E402
+from brewkit.teacher_store import open_store, token_hashes  # noqa: E402
 
 MATCHES = [{"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1},
            {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_mse", "weight": 1}]
@@ -111,6 +111,7 @@ def general(tmp_path_factory):
 
 
 # -- 1. the cached runs equal the uncached one -------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_general_distiller_with_cache_trains_the_same_student_and_runs_the_teacher_in_epoch_one_only(general,
                                                                                                      mode):
@@ -129,10 +130,11 @@ def test_general_distiller_with_cache_trains_the_same_student_and_runs_the_teach
     assert sum(len(v) > 1 for v in lengths.values()) >= N_EXAMPLES // 2
 
 
+@pytest.mark.slow
 def test_disk_cache_holds_the_teachers_unpadded_outputs_per_example(general):
     """Read back single examples and compare with the teacher run on that example alone (no padding)."""
     teacher = general.disk.teachers[0].eval()
-    cache = TeacherCache("disk", general.disk.cache.fingerprint, directory=general.disk_dir)
+    cache = open_store("disk", general.disk.cache.fingerprint, directory=general.disk_dir)
     assert len(cache) == N_EXAMPLES
     index = load_file(os.path.join(general.disk_dir, "index-rank0.safetensors"))
     assert sorted(index["idx"].tolist()) == list(range(N_EXAMPLES))
@@ -163,6 +165,7 @@ def test_basic_and_multi_teacher_distillers_with_memory_cache_equal_uncached(tmp
 
 
 # -- 2. a later run reuses the disk cache ----------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_run_on_the_same_disk_cache_never_runs_the_teacher(general, tmp_path):
     before = snapshot(general.disk_dir)
     again = train("general", "disk", tmp_path / "again", cache_dir=general.disk_dir)
@@ -173,6 +176,7 @@ def test_a_second_run_on_the_same_disk_cache_never_runs_the_teacher(general, tmp
 
 
 # -- 3. refusals -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_changed_teacher_weight_is_refused_and_the_cache_left_untouched(general, tmp_path):
     cache_dir = str(tmp_path / "cache")
     shutil.copytree(general.disk_dir, cache_dir)
@@ -183,6 +187,7 @@ def test_a_changed_teacher_weight_is_refused_and_the_cache_left_untouched(genera
     assert snapshot(cache_dir) == before
 
 
+@pytest.mark.slow
 def test_changed_tokens_under_a_cached_index_are_refused(general, tmp_path):
     cache_dir = str(tmp_path / "cache")
     shutil.copytree(general.disk_dir, cache_dir)
@@ -194,6 +199,7 @@ def test_changed_tokens_under_a_cached_index_are_refused(general, tmp_path):
     assert snapshot(cache_dir) == before
 
 
+@pytest.mark.slow
 def test_another_storage_dtype_is_refused(general, tmp_path):
     cache_dir = str(tmp_path / "cache")
     shutil.copytree(general.disk_dir, cache_dir)
@@ -209,11 +215,11 @@ def test_another_storage_dtype_is_refused(general, tmp_path):
         json.dump(meta, f)
     fp = general.disk.cache.fingerprint
     with pytest.raises(CheckpointError, match="bfloat16"):
-        TeacherCache("disk", fp, "float32", directory=cache_dir)
+        open_store("disk", fp, "float32", directory=cache_dir)
     meta["dtype"] = "float32"
     with open(meta_path, "w") as f:
         json.dump(meta, f)
-    assert len(TeacherCache("disk", fp, "float32", directory=cache_dir)) == N_EXAMPLES  # the control
+    assert len(open_store("disk", fp, "float32", directory=cache_dir)) == N_EXAMPLES  # the control
 
 
 # -- hand-built teacher results ---------------------------------------------------------------------------
@@ -311,7 +317,7 @@ def test_put_get_round_trip_through_right_left_and_non_contiguous_padding(tmp_pa
     for e in exs:
         for key in ("logits", "h1", "h3", "att"):
             assert ((cast(e[key]) - e[key]).abs() <= ROUNDING[dtype] * e[key].abs()).all()
-    cache = TeacherCache(mode, "fp", dtype, directory=str(tmp_path / "c") if mode == "disk" else None)
+    cache = open_store(mode, "fp", dtype, directory=str(tmp_path / "c") if mode == "disk" else None)
 
     # stored from a right-padded batch (examples 0, 1, 2) and a left-padded one (3, 4)
     idx, bt, res, _ = batch_of(exs, [0, 1, 2], 6, "right")
@@ -327,7 +333,7 @@ def test_put_get_round_trip_through_right_left_and_non_contiguous_padding(tmp_pa
     readers = [cache]
     if mode == "disk":  # and a fresh reader of the directory
         cache.close()
-        readers.append(TeacherCache("disk", "fp", dtype, directory=str(tmp_path / "c")))
+        readers.append(open_store("disk", "fp", dtype, directory=str(tmp_path / "c")))
     for reader in readers:
         for order, length, layout in [([4, 0, 1], 5, "right"),     # same examples, other batches
                                       ([2, 3, 0], 8, "left"),      # left padding, longer than stored
@@ -344,7 +350,7 @@ def test_put_get_round_trip_through_right_left_and_non_contiguous_padding(tmp_pa
 @pytest.mark.parametrize("mode", ["memory", "disk"])
 def test_put_keeps_the_first_results_of_an_example_and_stores_only_new_ones(tmp_path, mode):
     exs = examples()
-    cache = TeacherCache(mode, "fp", "float32", directory=str(tmp_path / "c") if mode == "disk" else None)
+    cache = open_store(mode, "fp", "float32", directory=str(tmp_path / "c") if mode == "disk" else None)
     idx, bt, res, _ = batch_of(exs, [0, 1], 5, "right")
     cache.put(idx, bt, res)
     idx, bt, res, _ = batch_of(exs, [1, 2], 6, "left")
@@ -366,7 +372,7 @@ def test_put_keeps_the_first_results_of_an_example_and_stores_only_new_ones(tmp_
 
 
 def test_a_row_without_real_tokens_round_trips_as_zeros():
-    cache = TeacherCache("memory", "fp")
+    cache = open_store("memory", "fp")
     ids = torch.tensor([[5, 6, 7], [0, 0, 0]])
     batch = {"input_ids": ids, "attention_mask": (ids > 0).long()}
     hidden = torch.randn(2, 3, 4)
@@ -403,7 +409,7 @@ def killed_writer(directory: str, garbage: bytes) -> int:
     killed process may leave them), then ``garbage`` appended. Returns the flushed data size in bytes."""
     exs = examples()
     data = os.path.join(directory, "data-rank0.bin")
-    writer = TeacherCache("disk", "fp", "float32", directory=directory)
+    writer = open_store("disk", "fp", "float32", directory=directory)
     idx, bt, res, _ = batch_of(exs, [0, 1], 5, "right")
     writer.put(idx, bt, res)
     writer.flush()
@@ -428,7 +434,7 @@ def test_a_reopened_cache_sees_only_the_flushed_entries_of_a_killed_writer(tmp_p
     d = str(tmp_path / "c")
     killed_writer(d, garbage)
     size = os.path.getsize(os.path.join(d, "data-rank0.bin"))
-    reopened = TeacherCache("disk", "fp", "float32", directory=d)
+    reopened = open_store("disk", "fp", "float32", directory=d)
     assert len(reopened) == 2
     assert reopened.get(torch.tensor([2]), batch_of(exs, [2], 4, "right")[1]) is None
     for order in ([0], [1], [1, 0]):
@@ -443,18 +449,19 @@ def test_the_next_append_cuts_a_killed_writers_bytes_and_keeps_every_flushed_ent
     d = str(tmp_path / "c")
     data = os.path.join(d, "data-rank0.bin")
     flushed = killed_writer(d, b"\x13garbage-after-a-crash!" * 4)
-    reopened = TeacherCache("disk", "fp", "float32", directory=d)
+    reopened = open_store("disk", "fp", "float32", directory=d)
     idx, bt, res, _ = batch_of(exs, [2, 3, 4], 6, "right")
     reopened.put(idx, bt, res)
     reopened.close()
     assert os.path.getsize(data) == flushed + entry_bytes(4) + entry_bytes(1) + entry_bytes(3)
-    final = TeacherCache("disk", "fp", "float32", directory=d)
+    final = open_store("disk", "fp", "float32", directory=d)
     assert len(final) == 5
     order = [3, 1, 4, 0, 2]
     idx, bt, _, positions = batch_of(exs, order, 10, "holes")
     check(final.get(idx, bt), expected_batch(exs, order, 10, positions, lambda t: t))
 
 
+@pytest.mark.slow
 def test_a_run_with_more_examples_extends_a_disk_cache(general, tmp_path):
     """A first run caches 12 examples; a second run over all 20 adds the other 8 to the same directory."""
     cache_dir = str(tmp_path / "cache")
@@ -463,7 +470,7 @@ def test_a_run_with_more_examples_extends_a_disk_cache(general, tmp_path):
     second = train("general", "disk", tmp_path / "second", cache_dir=cache_dir)
     assert len(second.cache) == N_EXAMPLES
     assert max_diff(general.none.student, second.student) <= 1e-6
-    reader = TeacherCache("disk", first.cache.fingerprint, directory=cache_dir)
+    reader = open_store("disk", first.cache.fingerprint, directory=cache_dir)
     teacher = first.teachers[0].eval()
     for k, row in enumerate(make_rows()):
         ids = torch.tensor([row["input_ids"]])
@@ -536,6 +543,7 @@ def test_yaml_run_with_a_disk_cache_fills_it_and_trains_the_same_student(assets,
 
 
 # -- 8. resuming -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_uncached_checkpoint_resumes_with_the_memory_cache(general, tmp_path):
     out = tmp_path / "part"
     part = train("general", "none", out, stop_at=6)  # 4 steps per epoch: step 6 is mid-epoch 2
@@ -559,10 +567,10 @@ def test_the_stored_layout_does_not_depend_on_the_order_of_the_result_keys(tmp_p
     att = AttentionProbs([torch.arange(36.).reshape(2, 2, 3, 3)])
     logits = [torch.tensor([[1., 2.], [3., 4.]])]
     d = str(tmp_path / "c")
-    first = TeacherCache("disk", "fp", "float32", directory=d)
+    first = open_store("disk", "fp", "float32", directory=d)
     first.put(torch.tensor([0, 1]), bt, {"logits": logits, "hidden": hidden, "attention": att})
     first.close()
-    second = TeacherCache("disk", "fp", "float32", directory=d, rank=1)
+    second = open_store("disk", "fp", "float32", directory=d, rank=1)
     second.put(torch.tensor([2]), {k: v[:1] for k, v in bt.items()},
                {"attention": AttentionProbs([att[0][:1]]), "hidden": [h[:1] for h in hidden], "logits": [logits[0][:1]]})
     got = second.get(torch.tensor([1, 2]), {"input_ids": torch.tensor([[8, 9, 0], [5, 6, 7]]),

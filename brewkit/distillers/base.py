@@ -1,12 +1,9 @@
-"""``AbstractDistiller``: the objective every distiller shares, and the training loop.
+"""``AbstractDistiller``: the objective every distiller shares.
 
 The objective is the teacher side (teachers under ``inference_mode``, their adaptors, the teacher stores), the
 student side (the student and its adaptor) and the loss terms built from both (:meth:`compute_loss`).
 Subclasses define the teacher side and the loss; users override :meth:`compute_loss` or :meth:`train_on_batch`.
-
-:meth:`AbstractDistiller.train` is the loop. What it needs is set up once by
-:func:`brewkit.engine.session.open_session` (plan, optimizer stepper, data cursor, checkpointer, step logger,
-DDP); see ``docs/architecture.md`` for the map.
+The loop, ``train()``, is :class:`brewkit.engine.loop.TrainingLoop`; ``docs/architecture.md`` has the map.
 """
 from __future__ import annotations
 
@@ -16,23 +13,22 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..adaptors import AttentionProbs, hf_adaptor, normalize_output, validate_output
 from ..checkpoint import unwrap
 from ..configs import DistillationConfig, TrainingConfig
 from ..engine import session as sessions
-from ..engine.batches import batch_size_of, call_model, find_mask, move_to_device
+from ..engine.batches import call_model, find_mask, move_to_device
 from ..engine.cursor import LoaderCursor, MappedLoader, RecordedCursor, loader_shuffles
+from ..engine.loop import TrainingLoop
 from ..engine.micro_batch import MicroBatch, scale_of
-from ..engine.rng import forked_rng
-from ..engine.step_logger import MetricsWriter
 from ..engine.stop import StopSignal
 from ..errors import AdaptorError, ConfigError
 from ..logging_utils import ensure_default_handler, logger
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP
-from ..teacher_cache import TeacherCache
-from ..teacher_cache import fingerprint as store_fingerprint
+from ..teacher_store import TeacherStore, open_store
+from ..teacher_store import fingerprint as store_fingerprint
 from .logits import probability_shift_, select_logits_with_mask
 
 
@@ -68,8 +64,8 @@ def accepts(method: Callable, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-class AbstractDistiller:
-    """The objective and the loop. Attributes TextBrewer users rely on keep their names: ``t_config``,
+class AbstractDistiller(TrainingLoop):
+    """The objective (the loop is inherited from :class:`~brewkit.engine.loop.TrainingLoop`). Attributes TextBrewer users rely on keep their names: ``t_config``,
     ``d_config``, ``model_T``, ``model_S``, ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
 
     has_teacher = True
@@ -102,7 +98,7 @@ class AbstractDistiller:
         self.interrupted = False  # the last train() stopped early (signal or request_stop()), after a checkpoint
         self.student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
         self.recorded: Any = None  # is_caching_logits: the batches with their teacher results, made once
-        self.teacher_store: TeacherCache | None = None  # teacher_cache: the per-example store of the last train()
+        self.teacher_store: TeacherStore | None = None  # teacher_cache: the per-example store of the last train()
         self._validated = False  # the first batch's adaptor / match checks have run
         self._mask_matches_batch = True  # the student's inputs_mask is the batch's mask (see student_results)
         self._teacher_grad_flags: list[tuple[nn.Parameter, bool]] = []
@@ -376,7 +372,7 @@ class AbstractDistiller:
         return sum(l.mean() for l in losses)
 
     # -- teacher stores ---------------------------------------------------------------------------------
-    def open_teacher_store(self) -> TeacherCache | None:
+    def open_teacher_store(self) -> TeacherStore | None:
         """The per-example teacher store of ``DistillationConfig.teacher_cache`` (None when it is off)."""
         d = self.d_config
         if d is None or d.teacher_cache == "none":
@@ -388,7 +384,7 @@ class AbstractDistiller:
                               "store cannot see the example indices; add micro=None and pass it on",
                               "teacher_cache")
         directory = d.teacher_cache_dir or os.path.join(self.t_config.output_dir, "teacher_cache")
-        store = TeacherCache(d.teacher_cache, store_fingerprint(self.teachers(), self.store_fingerprint_parts()),
+        store = open_store(d.teacher_cache, store_fingerprint(self.teachers(), self.store_fingerprint_parts()),
                              d.teacher_cache_dtype, directory if d.teacher_cache == "disk" else None, rank=self.rank)
         logger.info("teacher cache (%s): %d examples cached already", d.teacher_cache, len(store))
         return store
@@ -407,94 +403,3 @@ class AbstractDistiller:
                 self.recorded = self.record_teacher_outputs(cursor, args)
             cursor = RecordedCursor(self.recorded, seed=self.t_config.seed or 0, shuffle=loader_shuffles(dataloader))
         return cursor
-
-    # -- the loop ---------------------------------------------------------------------------------------
-    def train(self, optimizer: torch.optim.Optimizer, dataloader: Iterable, num_epochs: int | None = None,
-              scheduler_class: Callable | None = None, scheduler_args: dict | None = None, scheduler: Any = None,
-              max_grad_norm: float = -1.0, num_steps: int | None = None, callback: Callable | None = None,
-              batch_postprocessor: Callable | None = None, **kwargs) -> None:
-        """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
-
-        ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
-        each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last, with the
-        random generators restored after it: what an evaluation draws (every DataLoader iterator draws a seed)
-        does not change what training draws next, so a resumed run continues exactly. A callback
-        may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends,
-        with ``interrupted`` set. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR
-        scheduler after the projections joined the optimizer. SIGINT / SIGTERM: see :mod:`brewkit.engine.stop`.
-        """
-        s = self._session = sessions.open_session(
-            self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
-            scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
-            batch_postprocessor=batch_postprocessor, model_kwargs=kwargs)
-        try:
-            with self.stop.installed():
-                while self.global_step < s.plan.total_steps:
-                    step = self.global_step + 1
-                    check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
-                    group = s.next_group()
-                    finite = torch.ones((), dtype=torch.bool, device=self.device)
-                    for j, micro in s.micro_batches(group):
-                        with s.gradient_sync(j, len(group)):
-                            finite = self.forward_backward(s, micro, len(group), step, check, finite, kwargs)
-                    grad_norm, skipped = s.stepper.step(step, finite, check, check or s.plan.is_logging_step(step))
-                    self.global_step = step
-                    self.update_weights(s.plan.total_steps)
-                    s.logger.step_done(skipped)
-                    if s.plan.is_logging_step(step):
-                        s.logger.log_step(step, s.cursor.pass_index, s.stepper.optimizer.param_groups[0]["lr"],
-                                          self.weights, grad_norm)
-                    if self.after_step(s, step, callback):
-                        break
-        finally:
-            sessions.close_session(self, s)
-            self._session = None
-
-    def forward_backward(self, s: sessions.TrainingSession, micro: MicroBatch, n: int, step: int, check: bool,
-                         finite: torch.Tensor, args: dict) -> torch.Tensor:
-        """Loss of one micro-batch (under autocast), its checks, backward of ``loss / n``; returns the running
-        finiteness verdict of the step."""
-        with s.autocast:
-            if self._step_takes_micro:
-                loss, terms = self.train_on_batch(micro.batch, args, micro=micro)
-            else:
-                loss, terms = self.train_on_batch(micro.batch, args)
-        self._validated = True
-        finite = s.check_finite(step, loss, terms, check, finite)
-        s.stepper.backward(loss / n)
-        s.logger.add(loss, terms, batch_size_of(micro.batch))
-        return finite
-
-    def after_step(self, s: sessions.TrainingSession, step: int, callback: Callable | None) -> bool:
-        """Checkpoint, callback and stop requests after optimizer step ``step``. Returns whether to stop."""
-        stop = self.stop.agreed(s.ctx.world_size)
-        saved = s.plan.is_checkpoint_step(step) or stop
-        if saved:
-            sessions.save_checkpoint(self, s)
-        if callback is not None and not stop and s.plan.is_callback_step(step):
-            logger.info("running callback at step %d", step)
-            with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
-                callback(model=self.model_S, step=step)
-            self.model_S.train()
-            stop = self.stop.agreed(s.ctx.world_size)  # the callback asked to stop (early stopping)
-            if stop and not saved:
-                sessions.save_checkpoint(self, s)
-        if stop and step < s.plan.total_steps:
-            logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
-            self.interrupted = True
-        return stop
-
-    def request_stop(self) -> None:
-        """Ask the loop to save a checkpoint and return after the current optimizer step."""
-        self.stop.request()
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Write an evaluation record ``{"step": step, **metrics}`` through the run's step logger (metrics file
-        and TensorBoard; rank 0 only). Outside ``train()`` it is appended to ``output_dir/metrics.jsonl``."""
-        step = self.global_step if step is None else step
-        if self._session is not None:
-            self._session.logger.log_eval(step, metrics)
-        elif self.rank == 0:
-            writer = MetricsWriter(self.t_config.output_dir, self.t_config.log_dir)
-            writer.write({"step": step, **metrics})
-            writer.close()

@@ -5,6 +5,7 @@ import torch
 
 from ..errors import AdaptorError
 
+
 def select_logits_with_mask(logits_list: list[torch.Tensor], masks_list: list[torch.Tensor]) -> list[torch.Tensor]:
     """Keep the positions where the mask is non-zero: each 3-D ``(B, L, C)`` tensor becomes ``(M, C)``.
 

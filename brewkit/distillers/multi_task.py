@@ -19,7 +19,7 @@ from .general import GeneralDistiller
 class TaskBatch:
     """A micro-batch tagged with the task it was drawn from."""
 
-    __slots__ = ("task", "batch")
+    __slots__ = ("batch", "task")
 
     def __init__(self, task: str, batch: Any):
         self.task, self.batch = task, batch

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+
 def move_to_device(x: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
     """Recursively move tensors to ``device``: Mappings become dicts, lists/tuples become tuples (as in
     TextBrewer); subclasses of dict and list (brewkit's markers such as ``AttentionProbs``) keep their type."""
@@ -88,7 +89,7 @@ def denominator_counts(batch: Any) -> torch.Tensor:
     m = find_mask(batch)
     if m is None:
         n = float(batch_size_of(batch))
-        return torch.full((len(UNITS),), n, dtype=torch.float64)
+        return torch.full((len(DENOMINATORS),), n, dtype=torch.float64)
     n = m.to(torch.float64).sum(-1)
     b, length = m.shape
     return torch.stack([torch.tensor(float(b), dtype=torch.float64, device=m.device), n.sum(), (n * n).sum(),

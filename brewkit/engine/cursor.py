@@ -9,6 +9,7 @@ import torch
 
 from ..errors import AdaptorError
 
+
 def _set_epoch(loader: Any, epoch: int) -> None:
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         if obj is not None and hasattr(obj, "set_epoch"):

@@ -52,8 +52,8 @@ class TrainPlan:
         ``num_steps`` takes precedence over ``num_epochs``."""
         if num_epochs is None and num_steps is None:
             raise ConfigError("give num_epochs or num_steps", "train")
-        common = dict(ckpt_frequency=config.ckpt_frequency, ckpt_epoch_frequency=config.ckpt_epoch_frequency,
-                      logging_steps=config.logging_steps, callback_steps=config.callback_steps)
+        common = {"ckpt_frequency": config.ckpt_frequency, "ckpt_epoch_frequency": config.ckpt_epoch_frequency,
+                  "logging_steps": config.logging_steps, "callback_steps": config.callback_steps}
         if num_steps is not None:
             steps = integral(num_steps, "num_steps")
             return cls(total_steps=steps, steps_per_epoch=None, num_epochs=None,

@@ -1,6 +1,11 @@
-"""Teacher outputs cached per example, so that epochs after the first skip the teacher's forward pass.
+"""The per-example teacher store: teacher outputs kept per example, so that epochs after the first skip the
+teacher's forward pass.
 
-``DistillationConfig(teacher_cache="memory" | "disk")``. Batches must be mappings carrying ``idx`` (the
+``DistillationConfig(teacher_cache="memory" | "disk")`` picks :class:`MemoryTeacherStore` or
+:class:`DiskTeacherStore`; both are a :class:`TeacherStore` (``get`` / ``put`` / ``flush`` / ``refresh`` /
+``close``). Not to be confused with the two other ways teacher outputs reach the loss: ``is_caching_logits``
+(TextBrewer's: the whole first pass recorded, batch by batch, see ``AbstractDistiller.record_teacher_outputs``)
+and a batch's own ``teacher_cache`` entry (outputs the user computed, standing in for the teacher's forward). Batches must be mappings carrying ``idx`` (the
 example's index; brewkit's data loaders add it). The first time an example is seen, the teacher runs and the
 part of its results the loss uses (``slim_teacher``: logits, logits mask, the matched layers) is stored for that
 example, *unpadded*: a ``(B, L, ...)`` tensor keeps the example's ``n`` real positions, a ``(B, H, L, L)``
@@ -38,8 +43,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .adaptors import AttentionProbs
+from .engine.batches import find_mask
 from .errors import CheckpointError, ConfigError
-from .validation import check_choice as _choice
+from .validation import check_choice
 
 FORMAT = 1
 MODES = ["none", "memory", "disk"]
@@ -105,55 +111,66 @@ def _layout(key: str, t: torch.Tensor, length: int) -> str:
     return "row"
 
 
-class TeacherCache:
-    """Per-example teacher results, in memory or memory-mapped from ``directory``.
+class TeacherStore:
+    """Per-example teacher results. ``get(idx, batch_T)`` returns the batch's teacher results when every example
+    is stored, else None; ``put(idx, batch_T, results)`` stores the examples not stored yet. ``idx`` is ``[B]``
+    (example indices) and ``batch_T`` the teacher's batch (its ``input_ids`` and attention mask give lengths and
+    token hashes). Subclasses keep the rows: :meth:`_hash_of`, :meth:`_row`, :meth:`_add`."""
 
-    ``get(idx, batch_T)`` returns the batch's teacher results when every example is cached, else None;
-    ``put(idx, batch_T, results)`` stores the examples not cached yet. ``idx`` is ``[B]`` (example indices)
-    and ``batch_T`` the teacher's batch (its ``input_ids`` and attention mask give lengths and token hashes).
-    """
+    mode = ""
 
-    def __init__(self, mode: str, fingerprint: str, dtype: str = "float32", directory: str | None = None,
-                 rank: int = 0):
-        _choice(mode, "teacher_cache", ["memory", "disk"])
-        _choice(dtype, "teacher_cache_dtype", DTYPES)
-        if mode == "disk" and not directory:
-            raise ConfigError("a disk cache needs a directory", "teacher_cache_dir")
-        self.mode, self.fingerprint, self.rank = mode, fingerprint, rank
+    def __init__(self, fingerprint: str, dtype: str = "float32", rank: int = 0):
+        check_choice(dtype, "teacher_cache_dtype", DTYPES)
+        self.fingerprint, self.rank = fingerprint, rank
         self.dtype = getattr(torch, dtype)
-        self._itemsize = torch.tensor([], dtype=self.dtype).element_size()
-        self.directory = directory
+        self.itemsize = torch.tensor([], dtype=self.dtype).element_size()
         self.template: list | None = None
         self.leaf_info: list[tuple[str, tuple, torch.dtype]] = []  # (layout, shape of one example's row, dtype)
         self.hits = self.misses = 0
-        # example index -> (token hash, leaves) in memory, or (segment, offset, length, token hash) on disk
-        self._entries: dict[int, tuple] = {}
-        self._segments: dict[int, np.memmap | None] = {}
-        self._sizes: dict[int, int] = {}
-        self._writer = None
-        if mode == "disk":
-            self._open_directory()
+        self.directory: str | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        raise NotImplementedError
+
+    def __contains__(self, k: int) -> bool:
+        raise NotImplementedError
+
+    def _hash_of(self, k: int) -> int:
+        raise NotImplementedError
+
+    def _row(self, k: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _add(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _layout_set(self, meta: dict) -> None:
+        """Called once the first stored results fix the layout (the disk store records it)."""
+
+    def flush(self) -> None:
+        """Make what was stored so far durable and visible to the other processes (disk)."""
+
+    def refresh(self) -> None:
+        """Read what the other processes flushed (disk)."""
+
+    def close(self) -> None:
+        self.flush()
 
     # -- lookups ------------------------------------------------------------------------------------------
     def get(self, idx: torch.Tensor, batch_T: Any) -> dict | None:
         keys = _index_list(idx)
-        if self.template is None or any(k not in self._entries for k in keys):
+        if self.template is None or any(k not in self for k in keys):
             self.misses += 1
             return None
         mask, ids = _mask_and_ids(batch_T)
         hashes = token_hashes(ids, mask) if ids is not None else [None] * len(keys)
         rows = []
         for k, h in zip(keys, hashes):
-            entry = self._entries[k]
-            stored_hash = entry[0] if self.mode == "memory" else entry[3]
-            if h is not None and stored_hash != h:
+            if h is not None and self._hash_of(k) != h:
                 raise CheckpointError(f"example idx={k}: its tokens differ from the ones the teacher cache holds for "
                                       "that index; the data changed since the cache was written (delete "
                                       f"{self.directory or 'the cache'} or use another teacher_cache_dir)")
-            rows.append(entry[1] if self.mode == "memory" else self._read(entry))
+            rows.append(self._row(k))
         self.hits += 1
         return _unflatten(self.template, self._assemble(rows, mask))
 
@@ -168,15 +185,12 @@ class TeacherCache:
                               "keys and layers every batch", "teacher_cache")
         hashes = token_hashes(ids, mask) if ids is not None else [0] * len(keys)
         for b, (k, h) in enumerate(zip(keys, hashes)):
-            if k in self._entries:
+            if k in self:
                 continue
             pos = mask[b].nonzero().flatten().cpu()
             row = [_take(t[b], layout, pos).detach().to("cpu", self.dtype).clone()
                    for t, (layout, _, _) in zip(leaves, self.leaf_info)]
-            if self.mode == "memory":
-                self._entries[k] = (h, row)
-            else:
-                self._append(k, h, len(pos), row)
+            self._add(k, h, len(pos), row)
 
     # -- layout -------------------------------------------------------------------------------------------
     def _set_layout(self, template: list, leaves: list[torch.Tensor], length: int) -> None:
@@ -185,13 +199,7 @@ class TeacherCache:
             layout = _layout(key, t, length)
             info.append((layout, tuple(t.shape[1:]), t.dtype))
         meta = {"template": template, "leaves": [[lay, list(s), str(d).replace("torch.", "")] for lay, s, d in info]}
-        if self.mode == "disk":
-            known = self._meta.get("layout")
-            if known is not None and known != json.loads(json.dumps(meta)):
-                raise CheckpointError(f"the teacher cache in {self.directory} has another layout than this run's "
-                                      "teacher results; delete it or use another teacher_cache_dir")
-            self._meta["layout"] = meta
-            _write_json(os.path.join(self.directory, "meta.json"), self._meta)
+        self._layout_set(meta)
         self.template, self.leaf_info = template, info
 
     def _load_layout(self, meta: dict) -> None:
@@ -231,7 +239,74 @@ class TeacherCache:
             out.append(t.to(dtype))
         return out
 
-    # -- disk ---------------------------------------------------------------------------------------------
+
+
+class MemoryTeacherStore(TeacherStore):
+    """Rows in this process's memory (per process under DDP), gone when training ends."""
+
+    mode = "memory"
+
+    def __init__(self, fingerprint: str, dtype: str = "float32", rank: int = 0):
+        super().__init__(fingerprint, dtype, rank)
+        self._rows: dict[int, tuple[int, list[torch.Tensor]]] = {}  # example index -> (token hash, row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, k: int) -> bool:
+        return k in self._rows
+
+    def _hash_of(self, k: int) -> int:
+        return self._rows[k][0]
+
+    def _row(self, k: int) -> list[torch.Tensor]:
+        return self._rows[k][1]
+
+    def _add(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
+        self._rows[k] = (h, row)
+
+
+class DiskTeacherStore(TeacherStore):
+    """Rows memory-mapped from ``directory``, reused by a later run with the same fingerprint (see the module
+    docstring for the files)."""
+
+    mode = "disk"
+
+    def __init__(self, fingerprint: str, dtype: str = "float32", directory: str | None = None, rank: int = 0):
+        super().__init__(fingerprint, dtype, rank)
+        if not directory:
+            raise ConfigError("a disk cache needs a directory", "teacher_cache_dir")
+        self.directory = directory
+        self._entries: dict[int, tuple[int, int, int, int]] = {}  # example index -> (segment, offset, length, hash)
+        self._segments: dict[int, np.memmap | None] = {}
+        self._sizes: dict[int, int] = {}
+        self._writer = None
+        self._own: list[tuple[int, int, int, int]] = []
+        self._open_directory()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, k: int) -> bool:
+        return k in self._entries
+
+    def _hash_of(self, k: int) -> int:
+        return self._entries[k][3]
+
+    def _row(self, k: int) -> list[torch.Tensor]:
+        return self._read(self._entries[k])
+
+    def _add(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
+        self._append(k, h, n, row)
+
+    def _layout_set(self, meta: dict) -> None:
+        known = self._meta.get("layout")
+        if known is not None and known != json.loads(json.dumps(meta)):
+            raise CheckpointError(f"the teacher cache in {self.directory} has another layout than this run's "
+                                  "teacher results; delete it or use another teacher_cache_dir")
+        self._meta["layout"] = meta
+        _write_json(os.path.join(self.directory, "meta.json"), self._meta)
+
     def _open_directory(self) -> None:
         d = self.directory
         os.makedirs(d, exist_ok=True)
@@ -256,9 +331,7 @@ class TeacherCache:
         self.refresh()
 
     def refresh(self) -> None:
-        """(Disk) read every rank's flushed index; this rank's data file is cut back to its index."""
-        if self.mode != "disk":
-            return
+        """Read every rank's flushed index; this rank's data file is cut back to its index."""
         for path in sorted(glob.glob(os.path.join(self.directory, "index-rank*.safetensors"))):
             seg = int(os.path.basename(path)[len("index-rank"):-len(".safetensors")])
             if seg == self.rank and self._writer is not None:
@@ -286,10 +359,9 @@ class TeacherCache:
             end = self._sizes.get(self.rank, 0)
             with open(path, "ab"):
                 pass
-            os.truncate(path, end * self._itemsize)  # drop what a killed run wrote after its last flushed index
-            self._writer = open(path, "ab")
-            self._own: list[tuple[int, int, int, int]] = [(kk, *e[1:]) for kk, e in self._entries.items()
-                                                          if e[0] == self.rank]
+            os.truncate(path, end * self.itemsize)  # drop what a killed run wrote after its last flushed index
+            self._writer = open(path, "ab")  # noqa: SIM115 -- appended to until close()
+            self._own = [(kk, *e[1:]) for kk, e in self._entries.items() if e[0] == self.rank]
         offset = self._sizes.get(self.rank, 0)
         for t in row:
             self._writer.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -299,8 +371,8 @@ class TeacherCache:
         self._segments[self.rank] = None
 
     def flush(self) -> None:
-        """(Disk) make everything written so far durable and visible: data fsynced, index replaced atomically."""
-        if self.mode != "disk" or self._writer is None:
+        """Make everything written so far durable and visible: data fsynced, index replaced atomically."""
+        if self._writer is None:
             return
         self._writer.flush()
         os.fsync(self._writer.fileno())
@@ -328,7 +400,7 @@ class TeacherCache:
             if self._writer is not None and seg == self.rank:
                 self._writer.flush()
             # only the flushed (or, for this rank, written) items: a killed writer may have left a partial tail
-            mm = np.memmap(self._data_path(seg), dtype={4: np.int32, 2: np.int16}[self._itemsize], mode="r",
+            mm = np.memmap(self._data_path(seg), dtype={4: np.int32, 2: np.int16}[self.itemsize], mode="r",
                            shape=(self._sizes[seg],))
             self._segments[seg] = mm
         row, pos = [], offset
@@ -343,6 +415,15 @@ class TeacherCache:
             row.append(torch.from_numpy(np.array(mm[pos:pos + size])).view(self.dtype).reshape(full))
             pos += size
         return row
+
+
+def open_store(mode: str, fingerprint: str, dtype: str = "float32", directory: str | None = None,
+               rank: int = 0) -> TeacherStore:
+    """The store for ``teacher_cache=mode`` ('memory' or 'disk')."""
+    check_choice(mode, "teacher_cache", ["memory", "disk"])
+    if mode == "memory":
+        return MemoryTeacherStore(fingerprint, dtype, rank)
+    return DiskTeacherStore(fingerprint, dtype, directory, rank)
 
 
 def _leaf_keys(template: list) -> list[tuple]:
@@ -370,8 +451,6 @@ def _index_list(idx: Any) -> list[int]:
 
 
 def _mask_and_ids(batch_T: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from .distillers.utils import find_mask
-
     ids = batch_T.get("input_ids") if isinstance(batch_T, Mapping) else None
     mask = find_mask(batch_T)
     if mask is None:

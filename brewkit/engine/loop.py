@@ -1,0 +1,114 @@
+"""``TrainingLoop.train``: the training loop, on one screen.
+
+For each optimizer step: take a group of micro-batches (``gradient_accumulation_steps`` of them, fewer at an
+epoch's tail), run each forward (teachers under ``inference_mode``, the student, the adaptors, the loss) and
+backward, step the optimizer, update the loss-weight schedules, log; then callbacks, checkpoints and stop requests.
+Everything else is set up once by :func:`brewkit.engine.session.open_session`. The objective (``train_on_batch``,
+``compute_loss`` and the other hooks) comes from the distiller that inherits the loop
+(:class:`brewkit.distillers.base.AbstractDistiller`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ..logging_utils import logger
+from . import session as sessions
+from .batches import batch_size_of
+from .micro_batch import MicroBatch
+from .rng import forked_rng
+from .step_logger import MetricsWriter
+
+
+class TrainingLoop:
+    def train(self, optimizer: torch.optim.Optimizer, dataloader: Iterable, num_epochs: int | None = None,
+              scheduler_class: Callable | None = None, scheduler_args: dict | None = None, scheduler: Any = None,
+              max_grad_norm: float = -1.0, num_steps: int | None = None, callback: Callable | None = None,
+              batch_postprocessor: Callable | None = None, **kwargs) -> None:
+        """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
+
+        ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
+        each checkpoint, or every ``train_config.callback_steps`` optimizer steps and after the last, with the
+        random generators restored after it: what an evaluation draws (every DataLoader iterator draws a seed)
+        does not change what training draws next, so a resumed run continues exactly. A callback
+        may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends,
+        with ``interrupted`` set. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR
+        scheduler after the projections joined the optimizer. SIGINT / SIGTERM: see :mod:`brewkit.engine.stop`.
+        """
+        s = self._session = sessions.open_session(
+            self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
+            scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
+            batch_postprocessor=batch_postprocessor, model_kwargs=kwargs)
+        try:
+            with self.stop.installed():
+                while self.global_step < s.plan.total_steps:
+                    step = self.global_step + 1
+                    check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
+                    group = s.next_group()
+                    finite = torch.ones((), dtype=torch.bool, device=self.device)
+                    for j, micro in s.micro_batches(group):
+                        with s.gradient_sync(j, len(group)):
+                            finite = self.forward_backward(s, micro, len(group), step, check, finite, kwargs)
+                    grad_norm, skipped = s.stepper.step(step, finite, check, check or s.plan.is_logging_step(step))
+                    self.global_step = step
+                    self.update_weights(s.plan.total_steps)
+                    s.logger.step_done(skipped)
+                    if s.plan.is_logging_step(step):
+                        s.logger.log_step(step, s.cursor.pass_index, s.stepper.optimizer.param_groups[0]["lr"],
+                                          self.weights, grad_norm)
+                    if self.after_step(s, step, callback):
+                        break
+        finally:
+            sessions.close_session(self, s)
+            self._session = None
+
+    def forward_backward(self, s: sessions.TrainingSession, micro: MicroBatch, n: int, step: int, check: bool,
+                         finite: torch.Tensor, args: dict) -> torch.Tensor:
+        """Loss of one micro-batch (under autocast), its checks, backward of ``loss / n``; returns the running
+        finiteness verdict of the step."""
+        with s.autocast:
+            if self._step_takes_micro:
+                loss, terms = self.train_on_batch(micro.batch, args, micro=micro)
+            else:
+                loss, terms = self.train_on_batch(micro.batch, args)
+        self._validated = True
+        finite = s.check_finite(step, loss, terms, check, finite)
+        s.stepper.backward(loss / n)
+        s.logger.add(loss, terms, batch_size_of(micro.batch))
+        return finite
+
+    def after_step(self, s: sessions.TrainingSession, step: int, callback: Callable | None) -> bool:
+        """Checkpoint, callback and stop requests after optimizer step ``step``. Returns whether to stop."""
+        stop = self.stop.agreed(s.ctx.world_size)
+        saved = s.plan.is_checkpoint_step(step) or stop
+        if saved:
+            sessions.save_checkpoint(self, s)
+        if callback is not None and not stop and s.plan.is_callback_step(step):
+            logger.info("running callback at step %d", step)
+            with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
+                callback(model=self.model_S, step=step)
+            self.model_S.train()
+            stop = self.stop.agreed(s.ctx.world_size)  # the callback asked to stop (early stopping)
+            if stop and not saved:
+                sessions.save_checkpoint(self, s)
+        if stop and step < s.plan.total_steps:
+            logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
+            self.interrupted = True
+        return stop
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and return after the current optimizer step."""
+        self.stop.request()
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Write an evaluation record ``{"step": step, **metrics}`` through the run's step logger (metrics file
+        and TensorBoard; rank 0 only). Outside ``train()`` it is appended to ``output_dir/metrics.jsonl``."""
+        step = self.global_step if step is None else step
+        if self._session is not None:
+            self._session.logger.log_eval(step, metrics)
+        elif self.rank == 0:
+            writer = MetricsWriter(self.t_config.output_dir, self.t_config.log_dir)
+            writer.write({"step": step, **metrics})
+            writer.close()
