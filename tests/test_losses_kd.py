@@ -227,3 +227,82 @@ def test_non_float_logits(kind):
     with pytest.raises(ConfigError) as e:
         LOSSES[kind](torch.zeros(2, 3), [[0.0, 0.0, 0.0]] * 2)
     assert e.value.path == "logits_T"
+
+
+# -- masks, soft-capping, and the default path unchanged ---------------------------------------------------------
+def _old_formulas(kind, z_S, z_T, tau, squared):
+    """The four losses exactly as they were written before mask / labels / softcap existed (torch, float32)."""
+    import torch.nn.functional as F
+
+    zS, zT = z_S.float(), z_T.float()
+    if isinstance(tau, torch.Tensor) and tau.dim() > 0:
+        tau = tau.float().unsqueeze(-1)
+    if kind == "ce":
+        out = -(F.softmax(zT / tau, dim=-1) * F.log_softmax(zS / tau, dim=-1)).sum(dim=-1)
+    elif kind == "mse":
+        out = (zS / tau - zT / tau) ** 2
+    elif kind == "kl":
+        log_p_T, log_p_S = F.log_softmax(zT / tau, dim=-1), F.log_softmax(zS / tau, dim=-1)
+        p_T = log_p_T.exp()
+        out = (p_T * torch.where(p_T > 0, log_p_T - log_p_S, torch.zeros_like(log_p_T))).sum(dim=-1)
+    else:
+        out = F.binary_cross_entropy_with_logits(zS / tau, torch.sigmoid(zT / tau), reduction="none")
+    if squared:
+        t = tau.squeeze(-1) if isinstance(tau, torch.Tensor) and tau.dim() > 0 and out.dim() == tau.dim() - 1 else tau
+        out = out * t ** 2
+    return out.mean()
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+@pytest.mark.parametrize("squared", [False, True])
+def test_default_numbers_are_bit_identical_to_the_old_formulas(kind, squared):
+    """TextBrewer-exact entries must not move: with no mask / labels / softcap, the same bits as before."""
+    z_S, z_T = logits(3, 4, 9, seed=11)
+    for tau in (1, 2.5, torch.linspace(0.5, 3.0, 12).reshape(3, 4)):
+        assert torch.equal(LOSSES[kind](z_S, z_T, tau, temperature_squared=squared),
+                           _old_formulas(kind, z_S, z_T, tau, squared))
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_mask_and_labels_average_over_the_counted_rows(kind):
+    z_S, z_T = logits(2, 5, 6, seed=12)
+    keep = torch.tensor([[True, True, False, True, False], [False, False, False, True, True]])
+    tau = torch.linspace(0.5, 3.0, 10).reshape(2, 5)
+    want = reference(kind, z_S[keep], z_T[keep], tau[keep], squared=True)
+    labels = torch.where(keep, torch.tensor(2), torch.tensor(-100))
+    for kwargs in ({"mask": keep}, {"mask": keep.long()}, {"labels": labels}):
+        got = LOSSES[kind](z_S, z_T, tau, temperature_squared=True, **kwargs)
+        assert got.item() == pytest.approx(want, rel=1e-5), kwargs
+    # tau for the counted rows only, in row-major order
+    assert LOSSES[kind](z_S, z_T, tau[keep], keep, temperature_squared=True).item() == pytest.approx(want, rel=1e-5)
+    # nothing counts: 0, and a zero gradient
+    z = z_S.clone().requires_grad_()
+    none = LOSSES[kind](z, z_T, 2.0, torch.zeros(2, 5, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0.0 and torch.all(z.grad == 0)
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_softcap_caps_both_logits_before_the_temperature(kind):
+    z_S, z_T = logits(4, 6, seed=13)
+    z_S, z_T = z_S * 10, z_T * 10
+    capped = LOSSES[kind](20 * torch.tanh(z_S / 20), 20 * torch.tanh(z_T / 20), 2.0)
+    assert LOSSES[kind](z_S, z_T, 2.0, softcap=20.0).item() == pytest.approx(capped.item(), rel=1e-6)
+    assert LOSSES[kind](z_S, z_T, 2.0, softcap=20).item() != pytest.approx(LOSSES[kind](z_S, z_T, 2.0).item(),
+                                                                           rel=1e-4)
+    for bad in (0, -3.0, float("nan"), "20", True):
+        with pytest.raises(ConfigError) as e:
+            LOSSES[kind](z_S, z_T, 2.0, softcap=bad)
+        assert e.value.path == "softcap"
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_temperature_squared_is_keyword_only_now(kind):
+    """The argument after the temperature is the mask; the old positional temperature_squared is refused."""
+    z = torch.zeros(2, 3)
+    with pytest.raises(ConfigError) as e:
+        LOSSES[kind](z, z, 2.0, True)
+    assert e.value.path == "mask" and "temperature_squared=" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        LOSSES[kind](z, z, 2.0, temperature_squared="yes")
+    assert e.value.path == "temperature_squared"

@@ -148,9 +148,9 @@ def resolve_params(kind: str, given: Mapping[str, Any]) -> dict[str, float]:
     spec = DIVERGENCE_PARAMS[check_kind(kind)]
     out = {}
     for name, value in given.items():
+        if value is None:
+            continue
         if name not in spec:
-            if value is None:
-                continue
             takes = ", ".join(spec) if spec else "no parameters"
             raise ConfigError(f"kind {kind!r} takes {takes}; got {name}={value!r}", name)
         out[name] = spec[name].check(value, name)
@@ -355,8 +355,9 @@ def kd_tvd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: flo
                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Total variation distance ``1/2 sum_c |p_T - p_S|`` of tempered softmaxes (``KD_LOSS_MAP['tvd']``).
 
-    Mean over counted rows; each row's value is in [0, 1]. Where ``p_T = p_S`` exactly the gradient of
-    ``|.|`` is taken as 0. Shapes, masks and options: module docstring.
+    Mean over counted rows; each row's value is in [0, 1]. ``|.|`` is not differentiable at 0: where
+    ``p_T = p_S`` exactly its gradient is taken as 0, and where they differ only by rounding the gradient is
+    the subgradient of whichever side rounding picked. Shapes, masks and options: module docstring.
     """
     return softmax_kd_loss("tvd", logits_S, logits_T, temperature, mask, temperature_squared=temperature_squared,
                            softcap=softcap, labels=labels, ignore_index=ignore_index)
