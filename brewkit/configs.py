@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 from .validation import (
     NONE,
     ConfigBase,
@@ -106,6 +108,10 @@ class TrainingConfig(ConfigBase):
             raise ConfigError(f"must be a directory path or null, got {self.log_dir!r}", "log_dir")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(f"must be a directory path, got {self.output_dir!r}", "output_dir")
+        # ~ means the home directory here too, not a directory named '~' in the working directory
+        self.output_dir = os.path.expanduser(self.output_dir)
+        if self.log_dir is not None:
+            self.log_dir = os.path.expanduser(self.log_dir)
         if self.device is None:
             self.device = default_device()
         if not isinstance(self.device, str):
@@ -130,6 +136,8 @@ class TrainingConfig(ConfigBase):
         if not (r is None or isinstance(r, (bool, str))):
             raise ConfigError(f"must be true (latest in output_dir), false/null, or a checkpoint path; got {r!r}",
                               "resume_from_checkpoint")
+        if isinstance(r, str):
+            self.resume_from_checkpoint = os.path.expanduser(r)
         if self.progress_bar is not None:
             check_bool(self.progress_bar, "progress_bar")
         self.skip_nonfinite_steps = check_bool(self.skip_nonfinite_steps, "skip_nonfinite_steps")
@@ -150,6 +158,60 @@ class TrainingConfig(ConfigBase):
 
 
 # -- intermediate matches -------------------------------------------------------------------------------
+def _optimizer_options() -> set[str]:
+    import torch
+
+    names = set()
+    for cls in vars(torch.optim).values():
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer:
+            names.update(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params"))
+    return names
+
+
+#: The keys a projection's optimizer group (``proj[3]``) may set: every option of torch's built-in optimizers
+#: (``lr``, ``weight_decay``, ``betas``, ``eps``, ``momentum``, ...). Add a name for another optimizer's option.
+PROJ_GROUP_OPTIONS: set[str] = _optimizer_options()
+_NON_NEGATIVE_OPTIONS = ("lr", "weight_decay", "eps", "momentum", "dampening")
+_BOOL_OPTIONS = ("amsgrad", "nesterov", "maximize", "centered", "decoupled_weight_decay", "capturable",
+                 "differentiable")
+
+
+def check_group_options(options: dict, path: str = "proj[3]") -> dict:
+    """Check a projection's optimizer group options (``{lr: 1e-3, weight_decay: 0}``) and return them.
+
+    A key not in :data:`PROJ_GROUP_OPTIONS` is a ConfigError at ``{path}.{key}`` listing the known ones, as is
+    a bad value of ``lr`` / ``weight_decay`` / ``eps`` / ``momentum`` / ``dampening`` (numbers >= 0),
+    ``betas`` (two numbers in [0, 1)) or a boolean switch (``amsgrad``, ``nesterov``, ...).
+    """
+    import difflib
+
+    out = {}
+    for key, value in options.items():
+        where = f"{path}.{key}"
+        if key not in PROJ_GROUP_OPTIONS:
+            close = difflib.get_close_matches(str(key), sorted(PROJ_GROUP_OPTIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            common = ["lr", "weight_decay", "betas", "eps", "momentum"]
+            others = sorted(PROJ_GROUP_OPTIONS - set(common))
+            raise ConfigError(f"unknown optimizer group option{hint}; known: {', '.join(common)} and the other "
+                              f"options of torch.optim optimizers: {', '.join(others)} (add a name to "
+                              "brewkit.configs.PROJ_GROUP_OPTIONS for another optimizer)", where)
+        if key in _NON_NEGATIVE_OPTIONS:
+            value = check_number(value, where)
+            if value < 0:
+                raise ConfigError(f"must be a number >= 0, got {brief(value)}", where)
+        elif key == "betas":
+            if not (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(is_number(b) and 0 <= b < 1 for b in value)):
+                raise ConfigError(f"must be a list of two numbers in [0, 1) such as [0.9, 0.999], got "
+                                  f"{brief(value)}", where)
+            value = [float(b) for b in value]
+        elif key in _BOOL_OPTIONS or (key in ("foreach", "fused") and value is not None):
+            value = check_bool(value, where)
+        out[key] = value
+    return out
+
+
 @dataclass
 class IntermediateMatch(ConfigBase):
     """One intermediate-feature match, in TextBrewer's dict format.
@@ -197,7 +259,7 @@ class IntermediateMatch(ConfigBase):
             check_int(p[2], "proj[2]", minimum=1)
             if len(p) == 4 and not isinstance(p[3], dict):
                 raise ConfigError(f"optimizer group options must be a mapping, got {p[3]!r}", "proj[3]")
-            self.proj = [p[0], int(p[1]), int(p[2]), dict(p[3]) if len(p) == 4 else {}]
+            self.proj = [p[0], int(p[1]), int(p[2]), check_group_options(p[3]) if len(p) == 4 else {}]
 
     @property
     def name(self) -> str:
@@ -231,7 +293,7 @@ class DistillationConfig(ConfigBase):
     the CPU after the first pass), and ``teacher_cache`` ('none' | 'memory' | 'disk'): the teacher's logits and
     matched features stored per example (batches carry ``idx``), so that later epochs skip the teacher;
     ``teacher_cache_dir`` (default ``<output_dir>/teacher_cache``) and ``teacher_cache_dtype`` (storage
-    precision: float32, float16 or bfloat16). See :mod:`brewkit.teacher_cache`.
+    precision: float32, float16 or bfloat16). See :mod:`brewkit.teacher_store`.
 
     ``textbrewer_numerics`` ('master' | '0.2.1', see ``TEXTBREWER_NUMERICS``): TextBrewer's GitHub master
     numbers (default), or the PyPI 0.2.1.post1 release's, whose masked ``mmd`` / ``nst`` divide each Gram
@@ -328,6 +390,8 @@ class DistillationConfig(ConfigBase):
                                                    or not self.teacher_cache_dir):
             raise ConfigError(f"must be a directory path or null, got {self.teacher_cache_dir!r}",
                               "teacher_cache_dir")
+        if self.teacher_cache_dir is not None:
+            self.teacher_cache_dir = os.path.expanduser(self.teacher_cache_dir)
         if self.teacher_cache != "none" and self.is_caching_logits:
             raise ConfigError("choose one cache: is_caching_logits (TextBrewer's, one pass kept in memory as "
                               "batches) or teacher_cache (per example, memory or disk)", "teacher_cache")

@@ -12,34 +12,18 @@ import difflib
 import json
 import math
 import numbers
-import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
 
 from .errors import ConfigError
+from .yamlio import safe_load  # also re-exported from here; brewkit.yamlio reads all YAML
 
 NONE = "none"
 """The spelling of "no scheduler" / "no cache" in configs (TextBrewer's ``'none'``)."""
 
 T = TypeVar("T", bound="ConfigBase")
-
-
-class _YAML12Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` and ``2E5`` as floats, as YAML 1.2 does (PyYAML's YAML 1.1
-    rules read a mantissa without a dot, or an exponent without a sign, as a string)."""
-
-
-_YAML12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def safe_load(stream: Any) -> Any:
-    """``yaml.safe_load`` (no Python objects are ever built) with YAML 1.2 floats such as ``lr: 2e-4``."""
-    return yaml.load(stream, Loader=_YAML12Loader)
 
 
 # -- type tests -----------------------------------------------------------------------------------------

