@@ -4,6 +4,9 @@ Every field is checked when the config is built; a bad value raises :class:`Conf
 (``intermediate_matches[2].loss``) and what is allowed. Configs are plain data: the distillers never change
 them (TextBrewer overwrote weights and caching flags during training), and they round-trip through
 ``to_dict`` / ``from_dict``, JSON and YAML.
+
+One concept, the two library configs and their checks, hence the length; the validators themselves are
+:mod:`brewkit.validation`.
 """
 from __future__ import annotations
 
@@ -29,10 +32,6 @@ from .validation import (
     is_int,
     is_number,
 )
-
-# The validators' old private spellings, for edits written against them; use the public names above.
-_int, _num, _bool, _choice, _is_int, _is_num = check_int, check_number, check_bool, check_choice, is_int, is_number
-
 
 # -- TrainingConfig -------------------------------------------------------------------------------------
 #: ``TrainingConfig.checkpoint_format``: what each checkpoint writes.
