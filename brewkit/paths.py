@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 PKG_PREFIX = "pkg://"
 
@@ -13,7 +13,7 @@ def split_pkg(spec: str, field: str | None = None) -> tuple[str, str]:
     """``pkg://DIST/rel/path`` -> ``("DIST", "rel/path")``."""
     dist, _, rel = spec[len(PKG_PREFIX):].partition("/")
     if not dist or not rel.strip("/"):
-        raise ConfigError(f"must look like pkg://DISTRIBUTION/relative/path, got {spec!r}", field)
+        raise ConfigError(f"must look like pkg://DISTRIBUTION/relative/path, got {brief(spec)}", field)
     return dist, rel.strip("/")
 
 
@@ -32,7 +32,8 @@ def resolve_path(spec: str, base_dir: str | None = None, field: str | None = Non
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"{spec!r}: distribution {name!r} is not installed (pip install {name})", field) from None
+        raise ConfigError(f"{brief(spec)}: distribution {brief(name)} is not installed (pip install {name})",
+                          field) from None
     direct = dist.locate_file(rel)
     if os.path.exists(direct):
         return str(direct)

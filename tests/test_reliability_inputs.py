@@ -435,6 +435,15 @@ def test_a_huge_value_in_a_config_field_gives_a_short_error():
     with pytest.raises(ConfigError) as info:
         TrainingConfig(logging_steps=list(range(10**6)))
     assert len(str(info.value)) <= MESSAGE_LIMIT + 100 and str(info.value).startswith("logging_steps: ")
+    nested = ["a"]
+    for _ in range(30):  # what nested YAML aliases build: shared lists, 9^30 strings once written out
+        nested = [nested] * 9
+    start = time.perf_counter()
+    for field in ("labels", "split", "text_column"):
+        with pytest.raises(ConfigError) as info:
+            DataConfig(train_file="t.csv", **{field: nested})
+        assert info.value.path.startswith(field) and len(str(info.value)) < 500
+    assert time.perf_counter() - start < 1  # repr() of these values would never finish
 
 
 # == 4. ~ in paths ====================================================================================

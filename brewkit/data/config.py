@@ -31,7 +31,7 @@ def _name(value: Any, path: str, *, allow_none: bool = False) -> str | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"must be a non-empty string{' or null' if allow_none else ''}, got {value!r}", path)
+        raise ConfigError(f"must be a non-empty string{' or null' if allow_none else ''}, got {brief(value)}", path)
     return value
 
 
@@ -68,7 +68,7 @@ class SplitRule:
     def __post_init__(self):
         f = self.eval_fraction
         if not isinstance(f, numbers.Real) or isinstance(f, bool) or not 0 < f < 1:
-            raise ConfigError(f"must be a number strictly between 0 and 1, got {f!r}", "eval_fraction")
+            raise ConfigError(f"must be a number strictly between 0 and 1, got {brief(f)}", "eval_fraction")
         self.eval_fraction = float(f)
         self.group_by = _name(self.group_by, "group_by", allow_none=True)
         self.seed = _int(self.seed, "seed", minimum=0)
@@ -144,7 +144,7 @@ class DataConfig:
             for key in ("train_file", "eval_file"):
                 path = getattr(self, key)
                 if path is not None and infer_format(path) is None:
-                    raise ConfigError(f"cannot infer the file format of {path!r} from its extension; set "
+                    raise ConfigError(f"cannot infer the file format of {brief(path)} from its extension; set "
                                       f"format to one of {', '.join(FORMATS)}", "format")
         self.text_column = _name(self.text_column, "text_column")
         self.text_pair_column = _name(self.text_pair_column, "text_pair_column", allow_none=True)
@@ -169,7 +169,7 @@ class DataConfig:
                 raise e.at("split") from None
         elif not (self.split is None or isinstance(self.split, SplitRule)):
             raise ConfigError("must be a mapping {eval_fraction, group_by, seed} or null, "
-                              f"got {self.split!r}", "split")
+                              f"got {brief(self.split)}", "split")
         if self.split is not None and self.eval_file is not None:
             raise ConfigError("give either eval_file or a split rule, not both", "split")
         self.dedupe = _bool(self.dedupe, "dedupe")
@@ -187,7 +187,7 @@ class DataConfig:
         if self.num_workers != "auto":
             self.num_workers = _int(self.num_workers, "num_workers", minimum=0)
         if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
-            raise ConfigError(f"must be 'auto', true or false, got {self.pin_memory!r}", "pin_memory")
+            raise ConfigError(f"must be 'auto', true or false, got {brief(self.pin_memory)}", "pin_memory")
         self.cache_dir = _name(self.cache_dir, "cache_dir", allow_none=True)
         if self.cache_dir is not None:
             self.cache_dir = os.path.expanduser(self.cache_dir)  # ~ is the home directory, as in every path
@@ -198,7 +198,7 @@ class DataConfig:
                 raise e.at("augment") from None
         elif not (self.augment is None or isinstance(self.augment, AugmentConfig)):
             raise ConfigError("must be a mapping {copies, replace_prob, neighbours, seed} or null, "
-                              f"got {self.augment!r}", "augment")
+                              f"got {brief(self.augment)}", "augment")
 
     def _check_labels(self) -> None:
         if self.labels is None:
@@ -207,13 +207,13 @@ class DataConfig:
             raise ConfigError("labels are listed but label_column is null", "labels")
         if not isinstance(self.labels, (list, tuple)) or len(self.labels) < 2:
             raise ConfigError(f"must be a list of at least two label names (ids 0..K-1 in that order) or null, "
-                              f"got {self.labels!r}", "labels")
+                              f"got {brief(self.labels)}", "labels")
         seen = set()
         for i, name in enumerate(self.labels):
             if not (isinstance(name, str) or _is_int(name)):
-                raise ConfigError(f"a label name must be a string or an integer, got {name!r}", f"labels[{i}]")
+                raise ConfigError(f"a label name must be a string or an integer, got {brief(name)}", f"labels[{i}]")
             if name in seen:
-                raise ConfigError(f"{name!r} is listed twice", f"labels[{i}]")
+                raise ConfigError(f"{brief(name)} is listed twice", f"labels[{i}]")
             seen.add(name)
         self.labels = list(self.labels)
 

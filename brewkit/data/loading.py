@@ -207,7 +207,7 @@ def _integer_label(value: Any, column: str, row: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"column {column!r} holds {value!r} at row {row}; without a labels list the labels "
+        raise ConfigError(f"column {column!r} holds {brief(value)} at row {row}; without a labels list the labels "
                           f"must be integer ids >= 0 (list the label names under labels to map them)", "labels")
     return value
 
