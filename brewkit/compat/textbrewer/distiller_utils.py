@@ -3,10 +3,11 @@
 brewkit's engine supplies the loop; this module supplies TextBrewer's helpers on top of it:
 
 - :class:`TextBrewerBehaviour`, mixed into every distiller of this package: adaptor keys TextBrewer ignored
-  are a warning (naming the closest known key) and are then ignored, instead of brewkit's error; the loss-weight
-  schedules are read through the config's ``weight_scheduler_fn`` (the compat config shows TextBrewer's
-  callables under the scheduler attributes); ``print_freq``, ``logits_cache``, ``local_rank`` and a
-  ``tb_writer`` whose ``add_scalar`` goes to brewkit's metrics log exist as in TextBrewer.
+  are a warning (naming the closest known key) and are then ignored, instead of brewkit's error;
+  ``print_freq``, ``logits_cache``, ``local_rank`` and a ``tb_writer`` whose ``add_scalar`` goes to brewkit's
+  metrics log exist as in TextBrewer. (The engine reads the loss-weight and temperature schedules through the
+  config's ``weight_scheduler_fn`` / ``temperature_scheduler_fn``, so the compat config's TextBrewer-style
+  scheduler attributes do not disturb it.)
 - :func:`get_outputs_from_batch`, :func:`auto_forward`, :func:`post_adaptor`, :func:`move_to_device`,
   :func:`select_logits_with_mask`, :func:`probability_shift_`: TextBrewer's batch, forward and adaptor helpers
   (GitHub master: any ``Mapping`` batch is unpacked as keyword arguments).
@@ -191,17 +192,6 @@ class TextBrewerBehaviour:
 
     def run_adaptor(self, adaptor: Any, batch: Any, outputs: Any, who: str) -> dict:
         return super().run_adaptor(self.lenient(adaptor, who), batch, outputs, who)
-
-    def update_weights(self, total_steps: int) -> None:
-        """After optimizer step g: ``weights[key] = schedule(g / total_steps)`` for each scheduled weight."""
-        d = self.d_config
-        if d is None:
-            return
-        progress = self.global_step / max(total_steps, 1)
-        for key in ("kd_loss_weight", "hard_label_weight"):
-            schedule = d.weight_scheduler_fn(f"{key}_scheduler")
-            if schedule is not None:
-                self.weights[key] = schedule(progress)
 
 
 class AbstractDistiller(TextBrewerBehaviour, BrewkitAbstractDistiller):
