@@ -217,8 +217,8 @@ class DictDataset(Dataset):
 
 def test_random_tokens_distill_py(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # TrainingConfig's default output_dir './saved_models' lands in tmp_path
-    # --- the script, its imports changed ---------------------------------------------------------------
-    import brewkit.compat.textbrewer as textbrewer
+    # --- the script after `sed -E 's/\btextbrewer\b/brewkit.compat.textbrewer/g'` ------------------------
+    import brewkit.compat.textbrewer
     from brewkit.compat.textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
     device = torch.device("cpu")
@@ -244,7 +244,7 @@ def test_random_tokens_distill_py(tmp_path, monkeypatch, capsys):
     scheduler_class = get_linear_schedule_with_warmup
     scheduler_args = {"num_warmup_steps": int(0.2 * num_training_steps), "num_training_steps": num_training_steps}
 
-    result, _ = textbrewer.utils.display_parameters(teacher_model, max_level=3)
+    result, _ = brewkit.compat.textbrewer.utils.display_parameters(teacher_model, max_level=3)
     assert "LAYER NAME" in result and "\n  --bert" in result and "\n    --embeddings:" in result
 
     def simple_adaptor(batch, model_outputs):
@@ -849,7 +849,7 @@ def test_msra_ner_main_distill_dist_py_single_process(tmp_path):
 @pytest.mark.parametrize("numerics", ["master", "0.2.1"])
 def test_squad_notebook_with_attention_none_and_gs_pkl(tmp_path, monkeypatch, numerics):
     monkeypatch.chdir(tmp_path)
-    import brewkit.compat.textbrewer as textbrewer  # noqa: F401 (the notebook's import)
+    import brewkit.compat.textbrewer  # noqa: F401 (the notebook's `import textbrewer`)
     from brewkit.compat.textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
     device = "cpu"
