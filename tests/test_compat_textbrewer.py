@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -1188,6 +1189,8 @@ def test_scheduler_attributes_read_as_textbrewer_reads_them():
     assert tb.replace().kd_loss_weight_scheduler is linear_decay_weight_scheduler
     assert DistillationConfig() == brewkit.DistillationConfig(intermediate_matches=[])
     assert "temperature_scheduler=['flsw', 1, 2]" in repr(tb)
+    again = pickle.loads(pickle.dumps(tb))  # the built closure is not pickled; it is rebuilt from the spec
+    assert again == tb and callable(again.temperature_scheduler)
     with pytest.raises(ConfigError, match="temperature_scheduler"):
         DistillationConfig(temperature_scheduler="flsw")  # brewkit's validation, unchanged
     # scaled schedules multiply the configured base weight, as brewkit's engine does

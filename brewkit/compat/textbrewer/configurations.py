@@ -107,5 +107,10 @@ class DistillationConfig(configs.DistillationConfig):
 
     __hash__ = None  # mutable, like brewkit's dataclass
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop(VIEW_CACHE, None)  # a built scheduler may be a closure; it is rebuilt from the spec on read
+        return state
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.specs().items())})"
