@@ -22,8 +22,8 @@ import shutil
 from typing import Any
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
 
 from .errors import CheckpointError
 from .logging_utils import logger

@@ -1,7 +1,9 @@
 """The ``brewkit`` command: ``train``, ``validate``, ``eval`` and ``presets``.
 
-Configuration mistakes are printed on one line (``error: distillation.intermediate_matches[1].layer_S: ...``)
-with exit status 2 and no traceback.
+Every failure ends in one line on stderr and no traceback (unless ``--debug``): configuration and input mistakes
+(``error: distillation.intermediate_matches[1].layer_S: ...``) with exit status 2; the environment (disk,
+permissions, a checkpoint that cannot be read, an output directory in use) with 1. A run stopped by Ctrl-C
+exits with 130 and by SIGTERM with 143, after writing a checkpoint, with the command that resumes it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("run_file", help="the run's YAML file")
         c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a value of the run file (YAML syntax), e.g. --set training.seed=3")
+        c.add_argument("--debug", action="store_true", help="show the traceback of an error")
         return c
 
     run_cmd("train", "train as the run file says")
@@ -46,8 +49,9 @@ def print_presets() -> None:
     print(f"FEATURES: {', '.join(FEATURES)}")
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
+def _one_line(e: Exception, limit: int = 2000) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 40] + f" ...[{len(text) - limit + 40} characters cut]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,18 +70,24 @@ def main(argv: list[str] | None = None) -> int:
             summary = run.train_run(cfg)
             print(run.format_summary(summary))
             if summary.get("interrupted"):
-                print(f"interrupted at step {summary['steps']}: checkpoint saved in {summary['checkpoint']}; "
-                      f"{summary['resume']}", file=sys.stderr)
-                return 130
+                print(f"interrupted ({summary.get('signal')}) at step {summary['steps']}: checkpoint saved in "
+                      f"{summary['checkpoint']}; {summary['resume']}", file=sys.stderr)
+                return 143 if summary.get("signal") == "SIGTERM" else 130
         elif args.command == "eval":
             print(run.format_summary(run.eval_run(cfg, args.checkpoint)))
         return 0
-    except ConfigError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except BrewkitError as e:
-        print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 -- the command line reports every failure in one line
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(e, ConfigError):
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, (BrewkitError, OSError)):
+            print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+            return 1
+        print(f"error: {type(e).__name__}: {_one_line(e)} (an unexpected error: run again with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1

@@ -8,22 +8,22 @@ leaves behind (:func:`train_run`), or the evaluation of a saved student (:func:`
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from typing import Any
 
 import torch
-import yaml
 
 from .build import build, in_data_section
-from .checkpoint import latest_checkpoint, write_json
+from .checkpoint import latest_checkpoint
 from .data import build_dataloaders
 from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
+from .engine.rng import forked_rng
 from .errors import AdaptorError, ConfigError
 from .evaluation import evaluate
 from .models import load_tokenizer
+from .run_directory import DIGESTS, RunDirectory, file_digest
 from .runfile import RunConfig, in_section
 
 
@@ -94,22 +94,54 @@ def resolved_run_file(run: RunConfig, b: Any) -> dict:
     return resolved
 
 
+def data_digests(run: RunConfig) -> dict:
+    """sha256 of the data files, so that resuming on changed data is refused."""
+    out = {}
+    for key in ("train_file", "eval_file"):
+        path = getattr(run.data, key, None)  # already resolved (pkg://, relative to the run file)
+        if path and os.path.isfile(path):
+            out[key] = file_digest(path)
+    return out
+
+
 def train_run(run: RunConfig) -> dict:
     """Train as the run file says; leave the resolved config, metrics, checkpoints and ``final/`` behind.
 
-    Under ``torchrun`` every process trains and evaluates its shard; only rank 0 writes files and returns the
-    full summary (the others return ``{"rank", "steps"}``).
+    The output directory is claimed first (a lock; a finished or unfinished run in it is refused unless the run
+    resumes or overwrites: :mod:`brewkit.run_directory`), and nothing in it is replaced before the first batch
+    has gone through the models. Under ``torchrun`` every process trains and evaluates its shard; only rank 0
+    writes files and returns the full summary (the others return ``{"rank", "steps"}``).
     """
     t0 = time.perf_counter()
+    tc = run.training
+    resume = tc.resume_from_checkpoint
+    resuming = bool(resume) and (resume is not True or latest_checkpoint(run.output_dir) is not None)
+    overwrite = run.optim.overwrite_output_dir
+    directory = RunDirectory(run.output_dir, is_main=int(os.environ.get("RANK", "0")) == 0)
+    directory.claim(resuming=resuming, overwrite=overwrite)
+    try:
+        return _train(run, directory, resuming, overwrite, t0)
+    finally:
+        directory.release()
+
+
+def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: bool, t0: float) -> dict:
     b = build(run)
     main = b.rank == 0
-    os.makedirs(run.output_dir, exist_ok=True)
+    resolved, digests = resolved_run_file(run, b), data_digests(run)
+    if resuming:
+        directory.check_resumable({**resolved, "data_digests": digests}, run.training.force_resume)
+    with forked_rng():  # the first batch through the models before anything in output_dir is replaced
+        try:
+            b.distiller.dry_run(drop_example_index(next(iter(b.train_loader))))
+        except AdaptorError as e:
+            raise ConfigError(e.message, "distillation." + e.path if e.path else None) from None
+    directory.prepare(resuming=resuming, overwrite=overwrite)
     if main:
-        b.tokenizer.save_pretrained(os.path.join(run.output_dir, "tokenizer"))  # for `brewkit eval` on checkpoints
-        with open(os.path.join(run.output_dir, "run.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(resolved_run_file(run, b), f, sort_keys=False)
+        directory.write_directory("tokenizer", b.tokenizer.save_pretrained)  # for `brewkit eval` on checkpoints
+        directory.write_yaml("run.yaml", resolved)
+        directory.write_json(DIGESTS, digests)
     history: list[dict] = []
-    metrics_path = os.path.join(run.output_dir, "metrics.jsonl")
 
     def run_eval(model: torch.nn.Module) -> dict[str, float]:
         return {f"eval_{k}": v for k, v in
@@ -118,11 +150,9 @@ def train_run(run: RunConfig) -> dict:
     def callback(model: torch.nn.Module, step: int) -> None:  # on every rank: each evaluates its shard
         if b.eval_loader is None:
             return
-        result = {"step": step, **run_eval(model)}
-        history.append(result)
-        if main:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(result) + "\n")
+        result = run_eval(model)
+        history.append({"step": step, **result})
+        b.distiller.log_metrics(result, step)  # metrics.jsonl and TensorBoard, from rank 0
 
     o = run.optim
     keep_index = b.distill_config is not None and b.distill_config.teacher_cache != "none"  # the engine takes it
@@ -131,26 +161,30 @@ def train_run(run: RunConfig) -> dict:
                       max_grad_norm=o.max_grad_norm, callback=callback,
                       batch_postprocessor=None if keep_index else drop_example_index)
     steps = b.distiller.global_step
-    if b.distiller.interrupted:  # Ctrl-C: the checkpoint is written; a final/ now would pass for a finished run
+    if b.distiller.interrupted:  # a signal: the checkpoint is written; a final/ now would pass for a finished run
         if not main:
             return {"rank": b.rank, "steps": steps}
-        summary = {"output_dir": run.output_dir, "interrupted": True, "steps": steps,
-                   "checkpoint": latest_checkpoint(run.output_dir),
+        summary = {"output_dir": run.output_dir, "interrupted": True, "signal": b.distiller.stop_reason,
+                   "steps": steps, "checkpoint": latest_checkpoint(run.output_dir),
                    "resume": "run again with --set training.resume_from_checkpoint=true",
                    "train_seconds": round(time.perf_counter() - t0, 1)}
-        write_json(os.path.join(run.output_dir, "summary.json"), summary)
+        directory.write_json("summary.json", summary)
         return summary
     final_eval = None
     if b.eval_loader is not None:
         if history and history[-1]["step"] == steps:  # evaluated at the last step
             final_eval = {k: v for k, v in history[-1].items() if k != "step"}
         else:
-            final_eval = run_eval(b.student)
+            with forked_rng():
+                final_eval = run_eval(b.student)
     if not main:
         return {"rank": b.rank, "steps": steps}
-    final = os.path.join(run.output_dir, "final")
-    b.student.save_pretrained(final, safe_serialization=True)
-    b.tokenizer.save_pretrained(final)
+
+    def save_final(path: str) -> None:
+        b.student.save_pretrained(path, safe_serialization=True)
+        b.tokenizer.save_pretrained(path)
+
+    final = directory.write_directory("final", save_final)
     summary = {"output_dir": run.output_dir, "final_model": final, "steps": steps,
                "student_parameters": count_parameters(b.student),
                "teacher_parameters": count_parameters(b.teacher),
@@ -158,7 +192,7 @@ def train_run(run: RunConfig) -> dict:
     if final_eval is not None:
         summary.update(final_eval)
         summary["eval_history"] = history
-    write_json(os.path.join(run.output_dir, "summary.json"), summary)
+    directory.write_json("summary.json", summary)
     return summary
 
 

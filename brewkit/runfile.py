@@ -35,10 +35,13 @@ from .errors import ConfigError
 from .evaluation import METRICS
 from .layer_maps import LAYER_MAPS
 from .models import ModelSpec
-from .validation import ConfigBase, check_int, check_keys, check_number, safe_load
+from .validation import ConfigBase, check_bool, check_int, check_keys, check_number, safe_load
+from .yamlio import load_file
 
 SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
             "output_dir"]
+#: ``training.seed`` of a run file that gives none (``TrainingConfig.seed`` defaults to None: no reseeding).
+DEFAULT_SEED = 42
 DISTILLERS = ["general", "basic", "train"]
 PRESET_KEYS = ["preset", "feature", "loss", "weight", "proj"]
 """The keys of ``distillation.intermediate_matches`` when it is a layer-map preset rather than a list."""
@@ -69,8 +72,10 @@ class OptimConfig(ConfigBase):
     max_grad_norm: float = 1.0
     optimizer: dict = field(default_factory=lambda: {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01})
     lr_scheduler: dict = field(default_factory=lambda: {"name": "linear", "warmup_ratio": 0.0})
+    overwrite_output_dir: bool = False  # replace a finished or unfinished run in output_dir (see run_directory.py)
 
     def __post_init__(self) -> None:
+        check_bool(self.overwrite_output_dir, "overwrite_output_dir")
         if self.num_epochs is None and self.num_steps is None:
             raise ConfigError("give num_epochs or num_steps", "num_epochs")
         check_int(self.num_epochs, "num_epochs", minimum=1, allow_none=True)
@@ -196,11 +201,7 @@ def read_run_file(path_or_dict: str | os.PathLike | dict) -> dict:
     else:
         if not os.path.isfile(path_or_dict):
             raise ConfigError(f"no such run file: {path_or_dict}")
-        with open(path_or_dict, encoding="utf-8") as f:
-            try:
-                raw = safe_load(f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path_or_dict} is not valid YAML: {one_line(e)}") from None
+        raw = load_file(path_or_dict)  # names the file, line and column of a YAML error, a duplicate key, ...
     if not isinstance(raw, dict):
         raise ConfigError("a run file must be a mapping of sections", "(top level)")
     return raw
@@ -233,6 +234,9 @@ def load_run(path_or_dict: str | os.PathLike | dict, overrides: Sequence[str] = 
     output_dir = raw.get("output_dir")
     if not isinstance(output_dir, str) or not output_dir:
         raise ConfigError("must be a directory path", "output_dir")
+    output_dir = os.path.expanduser(output_dir)
+    if isinstance(raw.get("training"), dict) and isinstance(raw["training"].get("output_dir"), str):
+        raw["training"]["output_dir"] = os.path.expanduser(raw["training"]["output_dir"])
     if "student" not in raw:
         raise ConfigError("missing section", "student")
     if distiller != "train" and "teacher" not in raw:
@@ -277,6 +281,7 @@ def load_training(raw: dict, output_dir: str) -> tuple[TrainingConfig, OptimConf
         if training.setdefault("callback_steps", evaluation.steps) != evaluation.steps:
             raise ConfigError(f"is {training['callback_steps']!r} but evaluation.steps is {evaluation.steps}; "
                               "set only evaluation.steps", "training.callback_steps")
+    training.setdefault("seed", DEFAULT_SEED)  # run files are seeded; the Python API reseeds only when told
     return in_section("training", TrainingConfig.from_dict, training), optim, evaluation
 
 

@@ -5,13 +5,14 @@ teacher's forward pass.
 :class:`DiskTeacherStore`; both are a :class:`TeacherStore` (``get`` / ``put`` / ``flush`` / ``refresh`` /
 ``close``). Not to be confused with the two other ways teacher outputs reach the loss: ``is_caching_logits``
 (TextBrewer's: the whole first pass recorded, batch by batch, see ``AbstractDistiller.record_teacher_outputs``)
-and a batch's own ``teacher_cache`` entry (outputs the user computed, standing in for the teacher's forward). Batches must be mappings carrying ``idx`` (the
-example's index; brewkit's data loaders add it). The first time an example is seen, the teacher runs and the
-part of its results the loss uses (``slim_teacher``: logits, logits mask, the matched layers) is stored for that
-example, *unpadded*: a ``(B, L, ...)`` tensor keeps the example's ``n`` real positions, a ``(B, H, L, L)``
-attention map its ``(H, n, n)`` block. When every example of a later batch is cached, the batch's teacher
-results are rebuilt from the store, zero-padded to the batch's length (losses mask padded positions, so the
-values there never count), and the teacher does not run.
+and a batch's own ``teacher_cache`` entry (outputs the user computed, standing in for the teacher's forward).
+
+Batches must be mappings carrying ``idx`` (the example's index; brewkit's data loaders add it). The first time an
+example is seen, the teacher runs and the part of its results the loss uses (``slim_teacher``: logits, logits mask,
+the matched layers) is stored for that example, *unpadded*: a ``(B, L, ...)`` tensor keeps the example's ``n`` real
+positions, a ``(B, H, L, L)`` attention map its ``(H, n, n)`` block. When every example of a later batch is cached,
+the batch's teacher results are rebuilt from the store, zero-padded to the batch's length (losses mask padded
+positions, so the values there never count), and the teacher does not run.
 
 Stored, per example: the tensors (in ``teacher_cache_dtype``) and a hash of its token ids. A batch whose
 tokens differ from what was stored under the same index raises (the data changed). The whole store carries a

@@ -480,8 +480,6 @@ def test_tilde_in_data_files_model_paths_and_the_cache_variables(home, tmp_path,
     assert default_cache_dir() == f"{home}/xdg/brewkit"
 
 
-@pytest.mark.xfail(strict=True, reason="brewkit/runfile.py keeps the top-level output_dir as written; "
-                                       "remove this marker once load_run expands it")
 def test_tilde_in_a_run_files_output_dir(assets, home, tmp_path):
     from brewkit.runfile import load_run
 

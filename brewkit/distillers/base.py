@@ -65,8 +65,9 @@ def accepts(method: Callable, name: str) -> bool:
 
 
 class AbstractDistiller(TrainingLoop):
-    """The objective (the loop is inherited from :class:`~brewkit.engine.loop.TrainingLoop`). Attributes TextBrewer users rely on keep their names: ``t_config``,
-    ``d_config``, ``model_T``, ``model_S``, ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
+    """The objective (the loop is inherited from :class:`~brewkit.engine.loop.TrainingLoop`). Attributes
+    TextBrewer users rely on keep their names: ``t_config``, ``d_config``, ``model_T``, ``model_S``,
+    ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
 
     has_teacher = True
 
@@ -96,6 +97,7 @@ class AbstractDistiller(TrainingLoop):
         self.rank, self.world_size = 0, 1
         self.stop = StopSignal()
         self.interrupted = False  # the last train() stopped early (signal or request_stop()), after a checkpoint
+        self.stop_reason: str | None = None  # then why: 'SIGINT', 'SIGTERM', 'request_stop()', 'another process'
         self.student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
         self.recorded: Any = None  # is_caching_logits: the batches with their teacher results, made once
         self.teacher_store: TeacherStore | None = None  # teacher_cache: the per-example store of the last train()
@@ -212,14 +214,20 @@ class AbstractDistiller(TrainingLoop):
 
     def normalises_effective_batch(self) -> bool:
         """Whether loss terms are averaged over the effective batch (``loss_normalization='effective_batch'``):
-        needs the step and loss methods to take the micro-batch, and the adaptor's mask to be the batch's."""
-        if self.t_config.loss_normalization != "effective_batch" or not self._mask_matches_batch:
+        needs the step and loss methods to take the micro-batch, and (:meth:`masks_agree`) the adaptor's mask
+        to be the batch's."""
+        if self.t_config.loss_normalization != "effective_batch":
             return False
         if not (self._step_takes_micro and self._loss_takes_micro):
             logger.info("%s.train_on_batch / compute_loss take no 'micro' argument: loss terms are averaged per "
                         "micro-batch", type(self).__name__)
             return False
         return True
+
+    def masks_agree(self) -> bool:
+        """Whether the student adaptor's ``inputs_mask`` is the batch's own mask (so the batch tells how the
+        losses count tokens); checked on the first batch."""
+        return self._mask_matches_batch
 
     # -- forward passes and adaptors --------------------------------------------------------------------
     def model_kwargs(self, adaptor: Any) -> dict:
@@ -369,7 +377,7 @@ class AbstractDistiller(TrainingLoop):
         losses = results_S.get("losses")
         if not losses:
             return None
-        return sum(l.mean() for l in losses)
+        return sum(loss.mean() for loss in losses)
 
     # -- teacher stores ---------------------------------------------------------------------------------
     def open_teacher_store(self) -> TeacherStore | None:

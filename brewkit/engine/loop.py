@@ -95,7 +95,7 @@ class TrainingLoop:
                 sessions.save_checkpoint(self, s)
         if stop and step < s.plan.total_steps:
             logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
-            self.interrupted = True
+            self.interrupted, self.stop_reason = True, self.stop.reason
         return stop
 
     def request_stop(self) -> None:

@@ -37,7 +37,8 @@ class TrainingSession:
     logger: StepLogger
     autocast: Any
     ddp: Any  # the DDP wrapper of the trainables, or None
-    normalise: bool  # effective-batch normalisation of the loss terms
+    normalise: bool  # effective-batch normalisation of the loss terms (while ``masks_agree()``)
+    masks_agree: Callable[[], bool]  # the adaptor's inputs_mask is the batch's mask (found on the first batch)
     accumulation: int  # micro-batches per optimizer step
     split_task: Callable[[Any], tuple[str | None, Any]]
     store: Any = None  # the per-example teacher store, or None
@@ -72,7 +73,7 @@ class TrainingSession:
         """Each item of ``group`` as a :class:`MicroBatch` on the device, with its normalisation factors."""
         tasks_and_batches = [self.split_task(item) for item in group]
         factors = None
-        if self.normalise and (len(group) > 1 or self.ctx.world_size > 1):
+        if self.normalise and (len(group) > 1 or self.ctx.world_size > 1) and self.masks_agree():
             factors = normalisation_factors([b for _, b in tasks_and_batches], self.ctx.device,
                                             self.ctx.world_size, self.ctx.all_reduce)
         for j, (task, batch) in enumerate(tasks_and_batches):
@@ -139,7 +140,8 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
         ddp = ctx.wrap(distiller.model_S, [p for p in distiller.projs if p is not None],
                        tc.ddp_find_unused_parameters)
         distiller.student_forward = ddp
-    stepper = OptimizerStepper(optimizer, build_scheduler(optimizer, *scheduler), distiller.clipped_parameters(), max_grad_norm=max_grad_norm,
+    stepper = OptimizerStepper(optimizer, build_scheduler(optimizer, *scheduler), distiller.clipped_parameters(),
+                               max_grad_norm=max_grad_norm,
                                fp16=tc.fp16, skip_nonfinite=tc.skip_nonfinite_steps)
     cursor = distiller.make_cursor(ctx.shard(dataloader, tc.seed or 0), batch_postprocessor, model_kwargs)
     plan = TrainPlan.build(tc, len(cursor) if num_steps is None else None, num_epochs, num_steps)
@@ -150,7 +152,7 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
                                 save_total_limit=tc.save_total_limit, force_resume=tc.force_resume,
                                 student_state_dicts=tc.checkpoint_format == "textbrewer")
     distiller.global_step = 0
-    distiller.interrupted = False
+    distiller.interrupted, distiller.stop_reason = False, None
     distiller.weights = distiller.initial_weights()
     resumed = checkpointer.find(tc.resume_from_checkpoint)
     if tc.resume_from_checkpoint is True and resumed is None:
@@ -171,7 +173,8 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
     session = TrainingSession(
         plan=plan, ctx=ctx, stepper=stepper, cursor=cursor, checkpointer=checkpointer, logger=step_logger,
         autocast=torch.autocast(ctx.device.type, dtype=tc.amp_dtype, enabled=tc.amp_dtype is not None),
-        ddp=ddp, normalise=distiller.normalises_effective_batch(), split_task=distiller.split_task, store=store,
+        ddp=ddp, normalise=distiller.normalises_effective_batch(), masks_agree=distiller.masks_agree,
+        split_task=distiller.split_task, store=store,
         accumulation=tc.gradient_accumulation_steps, skip_nonfinite=tc.skip_nonfinite_steps, resumed_from=resumed)
     distiller.stop.control_group = ctx.control_group
     logger.info("training %s for %s", type(distiller).__name__, plan.describe())
