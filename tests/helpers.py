@@ -191,6 +191,22 @@ def run_dict(assets: SimpleNamespace, output_dir) -> dict:
     }
 
 
+def reference_accuracy(model_dir: str, rows: list[dict], labels=("neg", "pos")) -> float:
+    """Accuracy of the saved model in ``model_dir`` on ``rows``, computed from the files alone, one row at a
+    time (no padding involved): the fraction of rows whose argmax logit is ``labels.index(row["label"])``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    correct = 0
+    with torch.no_grad():
+        for row in rows:
+            enc = tok(row["text"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            pred = int(model(**enc).logits.argmax(-1))
+            correct += pred == labels.index(row["label"])
+    return correct / len(rows)
+
+
 def write_run(path: Path, d: dict) -> str:
     """Write the run dict ``d`` as YAML to ``path``; return the path as a string."""
     path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")

@@ -8,8 +8,15 @@ import pytest
 import torch
 from helpers import Toy, toy_adaptor, toy_batches
 
-from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, GeneralDistiller, MultiTaskDistiller,
-                     MultiTeacherDistiller, TrainingConfig)
+from brewkit import (
+    BasicDistiller,
+    BasicTrainer,
+    DistillationConfig,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+    TrainingConfig,
+)
 from brewkit.engine.plan import TrainPlan
 
 

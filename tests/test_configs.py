@@ -11,8 +11,7 @@ import torch
 import yaml
 from helpers import Toy, toy_adaptor, toy_batches
 
-from brewkit import (BasicDistiller, DistillationConfig, GeneralDistiller, MultiTeacherDistiller,
-                     TrainingConfig)
+from brewkit import BasicDistiller, DistillationConfig, GeneralDistiller, MultiTeacherDistiller, TrainingConfig
 from brewkit.configs import IntermediateMatch
 from brewkit.errors import BrewkitError, ConfigError
 

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 
+import crash_worker
 import pytest
 import torch
 from helpers import Toy
 from safetensors.torch import load_file
 
-import crash_worker
 from brewkit.checkpoint import latest_checkpoint, list_checkpoints, load_state, load_student
 from brewkit.errors import CheckpointError
 
@@ -148,6 +148,7 @@ def test_sigkill_keeps_last_complete_checkpoint_and_resume_is_exact(tmp_path, re
     _assert_resume_matches(out, ref_distiller, 2)
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_fresh_python_process_mid_checkpoint(tmp_path, reference):
     """The same as above, with a real interpreter started from scratch (no fork)."""
     ref_distiller, ref_out = reference

@@ -10,6 +10,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+pytestmark = pytest.mark.slow  # every test starts 2 gloo processes (spawn)
+
 
 def _free_port() -> int:
     with socket.socket() as s:

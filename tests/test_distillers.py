@@ -9,8 +9,16 @@ import torch
 import torch.nn.functional as F
 from helpers import Toy, ToyDataset, bert_batches, tiny_bert, toy_adaptor, toy_batches
 
-from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, Distillers, GeneralDistiller,
-                     MultiTaskDistiller, MultiTeacherDistiller, TrainingConfig)
+from brewkit import (
+    BasicDistiller,
+    BasicTrainer,
+    DistillationConfig,
+    Distillers,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+    TrainingConfig,
+)
 from brewkit.errors import AdaptorError, ConfigError
 
 

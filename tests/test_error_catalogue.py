@@ -19,8 +19,15 @@ import torch
 import torch.nn.functional as F
 from helpers import Toy, toy_adaptor, toy_batches
 
-from brewkit import (BasicDistiller, BasicTrainer, DistillationConfig, GeneralDistiller, MultiTaskDistiller,
-                     MultiTeacherDistiller, TrainingConfig)
+from brewkit import (
+    BasicDistiller,
+    BasicTrainer,
+    DistillationConfig,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+    TrainingConfig,
+)
 from brewkit.errors import AdaptorError, BrewkitError, ConfigError, NonFiniteLossError
 
 

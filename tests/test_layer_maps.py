@@ -30,9 +30,9 @@ def test_presets_against_their_formulas_for_all_depths():
     for n_t in range(1, 25):
         for n_s in range(1, n_t + 1):
             ls = range(1, n_s + 1)
-            assert LAYER_MAPS["proportional"](n_t, n_s) == [math.ceil(l * n_t / n_s) for l in ls]
-            assert LAYER_MAPS["uniform"](n_t, n_s) == [math.floor(l * n_t / n_s + 0.5) for l in ls]
-            assert LAYER_MAPS["last"](n_t, n_s) == [n_t - n_s + l for l in ls]
+            assert LAYER_MAPS["proportional"](n_t, n_s) == [math.ceil(k * n_t / n_s) for k in ls]
+            assert LAYER_MAPS["uniform"](n_t, n_s) == [math.floor(k * n_t / n_s + 0.5) for k in ls]
+            assert LAYER_MAPS["last"](n_t, n_s) == [n_t - n_s + k for k in ls]
             for name in ("proportional", "uniform", "last"):
                 m = LAYER_MAPS[name](n_t, n_s)
                 assert m[-1] == n_t and all(1 <= a < b for a, b in zip(m, m[1:]))   # strictly increasing
@@ -77,7 +77,7 @@ def test_explicit_list_and_registered_custom_map():
 
     @LAYER_MAPS.register("every_other_test_only")
     def every_other(n_t, n_s):
-        return [2 * l for l in range(1, n_s + 1)]
+        return [2 * k for k in range(1, n_s + 1)]
 
     try:
         assert layer_pairs("every_other_test_only", 8, 3) == [(0, 0), (1, 2), (2, 4), (3, 6)]

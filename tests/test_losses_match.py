@@ -8,9 +8,20 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from brewkit.errors import ConfigError  # noqa: E402
-from brewkit.losses import (att_ce_loss, att_ce_mean_loss, att_mse_loss, att_mse_sum_loss,  # noqa: E402
-                            att_probs_ce_loss, att_probs_kl_loss, att_probs_mse_loss, cos_loss, fsp_loss,
-                            hid_mse_loss, mmd_loss, pkd_loss)
+from brewkit.losses import (  # noqa: E402
+    att_ce_loss,
+    att_ce_mean_loss,
+    att_mse_loss,
+    att_mse_sum_loss,
+    att_probs_ce_loss,
+    att_probs_kl_loss,
+    att_probs_mse_loss,
+    cos_loss,
+    fsp_loss,
+    hid_mse_loss,
+    mmd_loss,
+    pkd_loss,
+)
 
 B, H, L, D = 3, 2, 5, 4
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])

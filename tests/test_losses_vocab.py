@@ -1,8 +1,6 @@
 """Chunked and fused large-vocabulary KD: value and gradients equal plain softmax formulas, masks, per-row
 temperature, uneven chunks, bf16, autocast, what autograd keeps alive, bad inputs, and the benchmark script."""
-import json
 import os
-import subprocess
 import sys
 
 import pytest

@@ -412,10 +412,10 @@ def test_to_dict_round_trips_through_yaml_and_json():
 
 
 def test_count_parameters_matches_the_bert_formula_and_describe_model():
-    V, H, L, I, P, T, C = 50, 16, 5, 32, 32, 2, 3
+    V, H, L, F, P, T, C = 50, 16, 5, 32, 32, 2, 3  # vocab, hidden, layers, feed-forward, positions, types, labels
     model = tiny_teacher(layers=L, num_labels=C)
     embeddings = V * H + P * H + T * H + 2 * H
-    layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+    layer = 4 * (H * H + H) + 2 * H + (H * F + F) + (F * H + H) + 2 * H
     expected = embeddings + L * layer + (H * H + H) + (H * C + C)
     assert count_parameters(model) == expected
     model.bert.embeddings.requires_grad_(False)

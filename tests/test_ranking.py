@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from brewkit.errors import ConfigError
-from brewkit.losses.ranking import (coupled_rank_distil_expected, coupled_rank_distil_kd_loss,
-                                    coupled_rank_distil_loss)
+from brewkit.losses.ranking import coupled_rank_distil_expected, coupled_rank_distil_kd_loss, coupled_rank_distil_loss
 
 EPS = 1e-10
 LAM = math.log(EPS)

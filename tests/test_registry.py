@@ -8,8 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from brewkit import presets  # noqa: E402
 from brewkit.errors import ConfigError, UnknownNameError  # noqa: E402
-from brewkit.presets import (KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, TEMPERATURE_SCHEDULER,  # noqa: E402
-                             WEIGHT_SCHEDULER, register_new)
+from brewkit.presets import KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, TEMPERATURE_SCHEDULER, WEIGHT_SCHEDULER, register_new  # noqa: E402
 from brewkit.registry import Registry  # noqa: E402
 
 ALL_MAPS = [KD_LOSS_MAP, MATCH_LOSS_MAP, PROJ_MAP, WEIGHT_SCHEDULER, TEMPERATURE_SCHEDULER]

@@ -3,9 +3,9 @@ loads again to the same run; never another exception."""
 import copy
 import re
 
+from helpers import run_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers import run_dict
 
 from brewkit.errors import ConfigError
 from brewkit.runfile import load_run

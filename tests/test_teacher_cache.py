@@ -19,8 +19,14 @@ import torch  # noqa: E402
 from helpers import run_dict, tiny_bert, write_run  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from brewkit import (BasicDistiller, DistillationConfig, GeneralDistiller, MultiTaskDistiller,  # noqa: E402
-                     MultiTeacherDistiller, TrainingConfig)
+from brewkit import (  # noqa: E402
+    BasicDistiller,
+    DistillationConfig,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+    TrainingConfig,
+)
 from brewkit.adaptors.hf import AttentionProbs  # noqa: E402
 from brewkit.data.collate import PadCollator  # noqa: E402
 from brewkit.errors import CheckpointError, ConfigError  # noqa: E402
@@ -312,7 +318,10 @@ ROUNDING = {"float32": 0.0, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}  # uni
 def test_put_get_round_trip_through_right_left_and_non_contiguous_padding(tmp_path, mode, dtype):
     exs = examples()
     store = getattr(torch, dtype)
-    cast = (lambda t: t.to(store).to(torch.float32))
+
+    def cast(t):
+        return t.to(store).to(torch.float32)
+
     # the cast only rounds: within one unit roundoff (relative) of the original
     for e in exs:
         for key in ("logits", "h1", "h3", "att"):
@@ -572,7 +581,8 @@ def test_the_stored_layout_does_not_depend_on_the_order_of_the_result_keys(tmp_p
     first.close()
     second = open_store("disk", "fp", "float32", directory=d, rank=1)
     second.put(torch.tensor([2]), {k: v[:1] for k, v in bt.items()},
-               {"attention": AttentionProbs([att[0][:1]]), "hidden": [h[:1] for h in hidden], "logits": [logits[0][:1]]})
+               {"attention": AttentionProbs([att[0][:1]]), "hidden": [h[:1] for h in hidden],
+                "logits": [logits[0][:1]]})
     got = second.get(torch.tensor([1, 2]), {"input_ids": torch.tensor([[8, 9, 0], [5, 6, 7]]),
                                             "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])})
     assert torch.equal(got["logits"][0], torch.tensor([[3., 4.], [1., 2.]]))
