@@ -70,6 +70,11 @@ class AbstractDistiller(TrainingLoop):
     ``adaptor_T``, ``adaptor_S``, ``kd_loss``, ``projs``, ``projs_group``."""
 
     has_teacher = True
+    #: What the KD term of masked token-level logits and the hard-label term average over (names from
+    #: brewkit.engine.batches.DENOMINATORS), for effective-batch normalisation. A task sets them
+    #: (brewkit.tasks: ``next_tokens`` for both in a causal LM).
+    kd_denominator = "tokens"
+    hard_label_denominator = "rows"
 
     def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig | None,
                  model_T: Any, model_S: nn.Module, adaptor_T: Any, adaptor_S: Any):
@@ -342,7 +347,7 @@ class AbstractDistiller(TrainingLoop):
         if len(logits_S) != len(logits_T):
             raise AdaptorError(f"adaptor_S returned {len(logits_S)} logits tensors but adaptor_T returned "
                                f"{len(logits_T)}; they are paired by position")
-        denominators = ["rows" if z.dim() == 2 else "tokens" if mask_S else "positions" for z in logits_S]
+        denominators = ["rows" if z.dim() == 2 else self.kd_denominator if mask_S else "positions" for z in logits_S]
         labels = results_S.get("labels")
         total, tau = 0.0, d.temperature
         if mask_S:

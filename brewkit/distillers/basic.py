@@ -38,7 +38,7 @@ class BasicTrainer(AbstractDistiller):
         if loss is None:
             raise AdaptorError("BasicTrainer needs 'losses' from its adaptor (for a Hugging Face model: put "
                                "'labels' in the batch so the model returns its loss)")
-        return loss * scale_of(micro, "rows"), {}
+        return loss * scale_of(micro, self.hard_label_denominator), {}
 
 
 class BasicDistiller(AbstractDistiller):
@@ -115,6 +115,6 @@ class BasicDistiller(AbstractDistiller):
                 terms["temperature"] = tau.detach().float().mean()
         hl = self.hard_label_term(results_S)
         if hl is not None:
-            total = total + self.weights["hard_label_weight"] * hl * scale_of(micro, "rows")
+            total = total + self.weights["hard_label_weight"] * hl * scale_of(micro, self.hard_label_denominator)
             terms["unweighted_hard_label_loss"] = hl
         return total, terms

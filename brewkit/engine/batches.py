@@ -67,9 +67,11 @@ def batch_size_of(batch: Any) -> int:
 
 
 #: What a loss term's mean may divide by (its normalisation denominator; see ``denominator`` in
-#: brewkit.presets), in the order of :func:`denominator_counts`.
-DENOMINATORS = ("rows", "tokens", "token_pairs", "positions", "position_pairs")
+#: brewkit.presets), in the order of :func:`denominator_counts`. ``labelled_tokens`` and ``next_tokens`` count
+#: the targets of token-level tasks from the batch's ``(B, L)`` ``labels`` (-100: not a target; see brewkit.tasks).
+DENOMINATORS = ("rows", "tokens", "token_pairs", "positions", "position_pairs", "labelled_tokens", "next_tokens")
 MASK_KEYS = ("attention_mask", "inputs_mask", "mask")
+IGNORE_INDEX = -100
 
 
 def find_mask(batch: Any) -> torch.Tensor | None:
@@ -83,8 +85,10 @@ def find_mask(batch: Any) -> torch.Tensor | None:
 
 
 def denominator_counts(batch: Any) -> torch.Tensor:
-    """``[rows, tokens, token_pairs, positions, position_pairs]`` of a batch (float64), from its mask:
-    rows = B, tokens = sum n_b, token_pairs = sum n_b^2, positions = B L, position_pairs = B L^2.
+    """The :data:`DENOMINATORS` of a batch (float64), from its mask: rows = B, tokens = sum n_b, token_pairs =
+    sum n_b^2, positions = B L, position_pairs = B L^2; and from its ``(B, L)`` ``labels``: labelled_tokens =
+    #(labels != -100) (token classification's targets), next_tokens = #(labels[:, 1:] != -100) (the positions
+    whose next token is a causal LM's target). Without such labels both count tokens.
     Without a mask every denominator counts rows (each example weighs the same)."""
     m = find_mask(batch)
     if m is None:
@@ -92,9 +96,16 @@ def denominator_counts(batch: Any) -> torch.Tensor:
         return torch.full((len(DENOMINATORS),), n, dtype=torch.float64)
     n = m.to(torch.float64).sum(-1)
     b, length = m.shape
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if isinstance(labels, torch.Tensor) and labels.shape == m.shape:
+        targets = labels != IGNORE_INDEX
+        labelled, following = targets.sum().to(torch.float64), targets[:, 1:].sum().to(torch.float64)
+    else:
+        labelled = following = n.sum()
     return torch.stack([torch.tensor(float(b), dtype=torch.float64, device=m.device), n.sum(), (n * n).sum(),
                         torch.tensor(float(b * length), dtype=torch.float64, device=m.device),
-                        torch.tensor(float(b * length * length), dtype=torch.float64, device=m.device)])
+                        torch.tensor(float(b * length * length), dtype=torch.float64, device=m.device),
+                        labelled, following])
 
 
 def detach_to_cpu(x: Any) -> Any:
