@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 import transformers
+from torch import nn
 
 from . import distributed
 from .configs import DistillationConfig
@@ -23,9 +24,9 @@ from .data import DataConfig, augmenter_for, build_dataloaders
 from .distillers import BasicDistiller, BasicTrainer, GeneralDistiller
 from .engine.plan import TrainPlan
 from .engine.rng import seed_everything
-from .errors import ConfigError
+from .errors import ConfigError, brief
 from .layer_maps import expand_layer_map
-from .models import build_model, build_model_with_report
+from .models import ModelSpec, build_model, build_model_with_report
 from .runfile import RunConfig, in_section
 
 R = TypeVar("R")
@@ -116,8 +117,118 @@ def in_data_section(fn: Callable[[], R]) -> R:
         raise
 
 
+# -- checks that need the numbers or the built models ----------------------------------------------------------
+MAX_SIZE = 2**31 - 1
+"""The largest ``batch_size``, ``eval_batch_size``, ``max_length`` or ``pad_to_multiple_of`` a run accepts: larger
+values overflow the integer types of torch's index arithmetic and of the tokenizers (``batch_size: 10**30`` did)."""
+MAX_SEED = 2**64 - 1
+"""The largest ``training.seed``: ``torch.manual_seed`` takes 64-bit seeds."""
+POSITION_TABLES = ("position_embeddings", "wpe", "embed_positions")
+"""Names of learned absolute position tables (BERT, RoBERTa, DistilBERT, ELECTRA; GPT-2; BART): a model that has
+one fails on inputs longer than its rows. Rotary and relative schemes have none, so no limit is read from them."""
+
+
+def check_sizes(run: RunConfig) -> None:
+    """The sizes of ``data`` and ``training.seed`` fit the integer types they are used with (:data:`MAX_SIZE`,
+    :data:`MAX_SEED`); a larger one is a :class:`ConfigError` naming the field."""
+    for key in ("batch_size", "eval_batch_size", "max_length", "pad_to_multiple_of"):
+        value = getattr(run.data, key)
+        if value is not None and value > MAX_SIZE:
+            raise ConfigError(f"{brief(value, 60)} is too large to represent: brewkit takes at most {MAX_SIZE:,} "
+                              "(torch and the tokenizers index with fixed-size integers); "
+                              + ("a batch_size as large as the training set already makes one batch of it"
+                                 if "batch" in key else "no model takes inputs that long"), f"data.{key}")
+    if run.training.seed is not None and run.training.seed > MAX_SEED:
+        raise ConfigError(f"{brief(run.training.seed, 60)} is too large to represent: torch takes seeds up to "
+                          f"2**64 - 1 ({MAX_SEED:,})", "training.seed")
+
+
+def size_field(section: str, spec: ModelSpec | None, key: str) -> str:
+    """Where a model size is set in the run file: ``student.config.vocab_size``, ``student.args.vocab_size``,
+    else the section's ``path`` (a pretrained model's own size) or the section itself."""
+    if spec is not None and spec.config is not None:
+        return f"{section}.config.{key}"
+    if spec is not None and spec.builder is not None:
+        return f"{section}.args.{key}" if key in spec.args else f"{section}.args"
+    return f"{section}.path" if spec is not None and spec.path is not None else section
+
+
+def input_rows(model: nn.Module) -> int | None:
+    """Rows of ``model``'s input embedding (``get_input_embeddings()``), or None when it has no such table."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except NotImplementedError:
+        return None
+    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
+
+
+def check_vocabulary(model: nn.Module, tokenizer: Any, section: str, spec: ModelSpec | None) -> None:
+    """Every token id of ``tokenizer`` (``0 .. len(tokenizer) - 1``) indexes a row of the model's input
+    embedding; a smaller embedding is a :class:`ConfigError` naming both sizes (the model would fail on the
+    first such id with an ``IndexError``)."""
+    rows, n = input_rows(model), len(tokenizer)
+    if rows is not None and rows < n:
+        raise ConfigError(f"the {section}'s input embedding has {rows} rows (its vocab_size) but the tokenizer has "
+                          f"{n} tokens, so ids {rows}..{n - 1} would index past it; give the {section} a vocab_size "
+                          f"of at least {n}, or the tokenizer it was trained with", size_field(section, spec,
+                                                                                               "vocab_size"))
+
+
+def position_limit(model: nn.Module) -> tuple[int, str] | None:
+    """``(longest input, the table's name)`` for a model with a learned absolute position table
+    (:data:`POSITION_TABLES`), else None. The usable rows are the table's, less BART's ``offset`` and, for
+    RoBERTa-style tables that count positions after ``padding_idx``, ``padding_idx + 1``."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+            rows = module.num_embeddings - int(getattr(module, "offset", 0) or 0)
+            if module.padding_idx is not None:
+                rows = module.num_embeddings - module.padding_idx - 1
+            return rows, name
+    return None
+
+
+def check_positions(model: nn.Module, max_length: int, section: str) -> None:
+    """``data.max_length`` fits the model's position table (:func:`position_limit`); a longer one is a
+    :class:`ConfigError` at ``data.max_length`` naming both numbers (the model would fail on the first row
+    longer than its table, mid-training)."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit[0]:
+        rows, name = limit
+        raise ConfigError(f"{max_length} is more than the {section} takes: its position table ({name}) holds "
+                          f"{rows} positions (max_position_embeddings), so a row longer than {rows} tokens would "
+                          f"fail in the model; set data.max_length to at most {rows}", "data.max_length")
+
+
+def check_trainable(student: nn.Module, spec: ModelSpec) -> None:
+    """At least one student parameter is trainable; none (every one frozen by ``student.freeze``) is a
+    :class:`ConfigError` at ``student.freeze``."""
+    params = list(student.parameters())
+    if any(p.requires_grad for p in params):
+        return
+    if spec.freeze:
+        raise ConfigError(f"freezes every one of the student's {len(params)} parameter tensors, so nothing is left "
+                          "to train; remove the prefix that covers the part to train (e.g. the classifier)",
+                          "student.freeze")
+    raise ConfigError(f"the student has no trainable parameters ({len(params)} tensors, none with requires_grad); "
+                      "build it with trainable weights", "student")
+
+
+def check_models(run: RunConfig, teacher: nn.Module | None, student: nn.Module, tokenizer: Any,
+                 second: Any) -> None:
+    """The checks between the built models and the data: vocabularies, position tables, trainable weights.
+    The teacher reads ``tokenizer``'s ids, the student ``second``'s when it has its own tokenizer."""
+    if teacher is not None:
+        check_vocabulary(teacher, tokenizer, "teacher", run.teacher)
+        check_positions(teacher, run.data.max_length, "teacher")
+    check_vocabulary(student, second if second is not None else tokenizer, "student", run.student)
+    check_positions(student, run.data.max_length, "student")
+    check_trainable(student, run.student)
+
+
 def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     """Models, data, the distiller, the optimizer and the LR schedule for a run."""
+    check_sizes(run)
     if run.training.seed is not None:  # randomly initialised weights and projections repeat under a seed
         seed_everything(run.training.seed)
     num_labels = len(run.data.labels) if run.data.labels else None
@@ -134,6 +245,7 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     if tokenizer is None:
         raise ConfigError("no tokenizer: give a model path (with tokenizer files) or `tokenizer:`", "teacher")
     second = tok_S if (tok_S is not None and tok_T is not None and tok_S is not tok_T) else None
+    check_models(run, teacher, student, tokenizer, second)
 
     rank, world = 0, 1
     if distributed.wanted(run.training.local_rank):  # under torchrun: each process trains on its shard

@@ -15,13 +15,17 @@ either the complete checkpoint or none. :func:`latest_checkpoint` only ever retu
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -53,13 +57,39 @@ def save_student(model: nn.Module, directory: str) -> None:
         save_model(model, os.path.join(directory, "model.safetensors"))
 
 
+def short_cause(e: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of ``e`` on one line, at most ``limit`` characters."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+DAMAGED = "the checkpoint is damaged (a full disk, or a copy cut short)"
+
+
+def recovery_hint(path: str, why: str = DAMAGED) -> str:
+    """``why``, then what to do about the unusable checkpoint ``path``: resume from the latest other complete
+    checkpoint next to it, or start over."""
+    parent = os.path.dirname(os.path.abspath(path))
+    others = [p for _, p in list_checkpoints(parent) if os.path.abspath(p) != os.path.abspath(path)]
+    if others:
+        return (f"{why}: resume from {others[-1]} (--set training.resume_from_checkpoint={others[-1]}, or delete "
+                f"{path})")
+    return f"{why}: delete it and train from the start"
+
+
 def load_student(model: nn.Module, directory: str) -> None:
-    """Load weights saved by :func:`save_student` into ``model`` (strict)."""
+    """Load weights saved by :func:`save_student` into ``model`` (strict). A missing, truncated or damaged
+    ``model.safetensors``, or one that does not fit ``model``, is a :class:`CheckpointError`."""
     model = unwrap(model)
     path = os.path.join(directory, "model.safetensors")
     if not os.path.exists(path):
         raise CheckpointError(f"no model.safetensors in {directory}")
-    missing, unexpected = load_model(model, path, strict=False)
+    try:
+        missing, unexpected = load_model(model, path, strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {path} ({short_cause(e)}); {recovery_hint(directory)}") from None
+    except RuntimeError as e:  # load_state_dict: a tensor of another shape
+        raise CheckpointError(f"checkpoint {directory} does not match the student: {short_cause(e, 400)}") from None
     # save_pretrained drops tied copies; anything else missing is an error
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if isinstance(getattr(model, "all_tied_weights_keys", None), dict):
@@ -82,6 +112,42 @@ def write_json(path: str, data: Any) -> None:
         json.dump(data, f, indent=2, sort_keys=True)
 
 
+def reports_write_errors(save: Callable[..., str]) -> Callable[..., str]:
+    """Make a failed write of :func:`save_checkpoint` one :class:`CheckpointError` that leaves no partial directory.
+
+    A full disk shows as ``OSError`` (errno 28) or as torch.save's ``RuntimeError: ... iostream error`` /
+    ``file write failed``. The temporary ``.tmp-checkpoint-{step}-*`` directory is removed and a checkpoint moved
+    aside for a re-write of the same step is put back, so the checkpoints listed are those that were complete.
+    """
+    @functools.wraps(save)
+    def wrapper(output_dir: str, step: int, **kwargs: Any) -> str:
+        try:
+            return save(output_dir, step, **kwargs)
+        except CheckpointError:
+            raise
+        except (OSError, RuntimeError) as e:
+            final = os.path.join(output_dir, f"{PREFIX}{step}")
+            names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+            partial = [n for n in names if n.startswith(f".tmp-{PREFIX}{step}-")]
+            for name in partial:
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            aside = final + f".old-{os.getpid()}"
+            restored = not os.path.exists(final) and os.path.isdir(aside)
+            if restored:
+                os.rename(aside, final)
+            latest = latest_checkpoint(output_dir)
+            if not partial and not restored and latest is not None and os.path.samefile(latest, final):
+                raise CheckpointError(f"{PREFIX}{step} was written in {output_dir}, but removing older checkpoints "
+                                      f"(save_total_limit) failed: {short_cause(e)}") from e
+            then = (f"resume with --set training.resume_from_checkpoint=true: the previous checkpoint, "
+                    f"{os.path.basename(latest)}, is intact" if latest is not None
+                    else "train again: no earlier checkpoint was written")
+            raise CheckpointError(f"cannot write {PREFIX}{step} in {output_dir}: {short_cause(e)}; free disk space "
+                                  f"(or choose another output_dir) and {then}") from e
+    return wrapper
+
+
+@reports_write_errors
 def save_checkpoint(output_dir: str, step: int, *, student: nn.Module, projections: nn.Module | None,
                     optimizer: Any, scheduler: Any, scaler: Any, rng_state: dict, trainer_state: dict,
                     configs: dict[str, dict], save_total_limit: int | None = None,
@@ -148,20 +214,61 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def load_state(path: str) -> dict[str, Any]:
-    """Read a checkpoint's non-model parts (``weights_only=True`` for everything pickled)."""
-    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+    """Read a checkpoint's non-model parts (``weights_only=True`` for everything pickled).
+
+    Every failure is one :class:`CheckpointError` naming the file: an empty or broken ``trainer_state.json``, a
+    truncated or damaged ``.pt`` / ``.safetensors`` file, and a pickle that ``weights_only=True`` refuses
+    ("refused to unpickle FILE: it is not a brewkit checkpoint file"; nothing in it runs).
+    """
+    state_file = os.path.join(path, STATE_FILE)
+    if not os.path.isfile(state_file):
         raise CheckpointError(f"{path} is not a complete brewkit checkpoint (no {STATE_FILE})")
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        state = {"trainer_state": json.load(f)}
+
+    def unpickle(file: str) -> Any:
+        try:
+            return torch.load(file, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))  # what the pickle wanted to call or build
+            what = f" (it refers to {found.group(1)[:100]})" if found else ""
+            raise CheckpointError(f"refused to unpickle {file}: it is not a brewkit checkpoint file{what}; brewkit "
+                                  "reads only tensors and plain data (torch.load(weights_only=True)), so nothing in it "
+                                  f"ran; {recovery_hint(path, 'it was not written by brewkit')}") from None
+        except Exception as e:  # noqa: BLE001 -- a damaged file: RuntimeError (zip), EOFError (empty), KeyError, ...
+            raise CheckpointError(f"cannot read {file} ({short_cause(e)}); {recovery_hint(path)}") from None
+
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            trainer_state = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {state_file} ({short_cause(e)}); {recovery_hint(path)}") from None
+    if not isinstance(trainer_state, dict) or not isinstance(trainer_state.get("global_step"), int):
+        raise CheckpointError(f"{state_file} is not a brewkit trainer state (a JSON object with global_step); "
+                              f"{recovery_hint(path)}")
+    state = {"trainer_state": trainer_state}
     for name in ("optimizer", "scheduler", "scaler", "rng_state"):
         file = os.path.join(path, f"{name}.pt")
-        state[name] = torch.load(file, weights_only=True, map_location="cpu") if os.path.exists(file) else None
+        state[name] = unpickle(file) if os.path.exists(file) else None
     state["extra"] = {}
     for name in sorted(os.listdir(path)):
         if name.startswith("rng_state_rank") and name.endswith(".pt"):
-            state["extra"][name[:-3]] = torch.load(os.path.join(path, name), weights_only=True, map_location="cpu")
+            state["extra"][name[:-3]] = unpickle(os.path.join(path, name))
     proj = os.path.join(path, "projections.safetensors")
-    state["projections"] = load_file(proj) if os.path.exists(proj) else None
+    try:
+        state["projections"] = load_file(proj) if os.path.exists(proj) else None
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {proj} ({short_cause(e)}); {recovery_hint(path)}") from None
+    return state
+
+
+def read_trainer_state(path: str) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint ``path`` as a dict (a :class:`CheckpointError` when unreadable)."""
+    try:
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {os.path.join(path, STATE_FILE)}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{os.path.join(path, STATE_FILE)} is not a JSON object")
     return state
 
 

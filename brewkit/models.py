@@ -24,14 +24,16 @@ import difflib
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .errors import ConfigError
+from .errors import BrewkitError, ConfigError, brief
 from .layer_surgery import InitReport, check_layer_indices, init_from_teacher, keep_layers
 from .paths import PKG_PREFIX, resolve_path, split_pkg
 from .registry import Registry
@@ -272,8 +274,121 @@ def load_tokenizer(path: str, base_dir: str | None = None, *, field_name: str = 
                           field_name)
     try:
         return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load a tokenizer from {location}: {e}", field_name) from None
+    except Exception as e:  # noqa: BLE001 -- the tokenizers library raises a bare Exception for a damaged file
+        raise ConfigError(f"cannot load a tokenizer from {location}: {type(e).__name__}: {one_line(e)}; the "
+                          "tokenizer files are damaged or incomplete: copy them again", field_name) from None
+
+
+# -- checking a model directory before loading it ---------------------------------------------------------
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+#: Weight files of other formats: brewkit never loads them (a ``.bin`` is a pickle, which can run code).
+OTHER_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack",
+                 "model.ckpt.index")
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``str(e)`` on one line, at most ``limit`` characters (library messages can span lines or be long)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_json_object(path: str, error: Callable[[str], BrewkitError], redo: str = "copy or save it again") -> dict:
+    """The JSON object in ``path``; anything else (unreadable, empty, not JSON, not an object) raises
+    ``error(message)`` naming the file, the cause (with the line and column of a syntax error) and ``redo``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {path}: {one_line(e)}") from None
+    if not text.strip():
+        raise error(f"{path} is empty: the directory is incomplete (a copy or save that did not finish); {redo}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): it is damaged or "
+                    f"was cut short; {redo}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object: it is not a Hugging Face file of "
+                    "this kind")
+    return data
+
+
+def check_safetensors(path: str, error: Callable[[str], BrewkitError], redo: str = "copy or save it again") -> None:
+    """Read the header of the safetensors file ``path`` (no tensor data): a missing, truncated or garbage file
+    raises ``error(message)``, which ends with ``redo`` (what to do). safetensors checks that the header's
+    tensors cover the file exactly, so a file cut short is found here."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except FileNotFoundError:
+        raise error(f"{path} is missing: the directory is incomplete; {redo}") from None
+    except (SafetensorError, OSError) as e:
+        raise error(f"{path} is not a readable safetensors file ({one_line(e)}): it is truncated or damaged; "
+                    f"{redo}") from None
+
+
+def check_model_dir(location: str, error: Callable[[str], BrewkitError], redo: str = "copy or save it again") -> dict:
+    """Check that ``location`` holds a Hugging Face model brewkit can load, without loading it; returns its
+    ``config.json`` as a dict.
+
+    ``config.json`` must be a JSON object with a ``model_type``, and the weights safetensors: ``model.safetensors``
+    or the shards that ``model.safetensors.index.json`` lists, each with a readable header that covers the file.
+    Weights only in another format (``pytorch_model.bin``, a pickle) are refused, never unpickled. Every problem
+    raises ``error(message)``, one sentence naming the file, the cause and what to do (``redo`` for a damaged or
+    incomplete file).
+    """
+    config = read_json_object(os.path.join(location, "config.json"), error, redo)
+    if not isinstance(config.get("model_type"), str):
+        raise error(f"{os.path.join(location, 'config.json')} has no model_type: it is not a Hugging Face model "
+                    "config (save the model with save_pretrained)")
+    index = os.path.join(location, WEIGHTS_INDEX)
+    if os.path.isfile(index):
+        weight_map = read_json_object(index, error, redo).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise error(f"{index} has no weight_map: it is damaged; {redo}")
+        shards = sorted({str(v) for v in weight_map.values()})
+    elif os.path.isfile(os.path.join(location, WEIGHTS_FILE)):
+        shards = [WEIGHTS_FILE]
+    else:
+        others = [n for n in OTHER_WEIGHTS if os.path.exists(os.path.join(location, n))]
+        if others:
+            raise error(f"{location} has its weights only as {others[0]}, which brewkit does not load (it reads "
+                        f"safetensors only and never unpickles a file, since unpickling can run code); convert it "
+                        f"once where you trust the file: load it with transformers and save_pretrained() writes "
+                        f"{WEIGHTS_FILE}")
+        present = sorted(os.listdir(location))
+        raise error(f"{location} holds no model weights (no {WEIGHTS_FILE} or {WEIGHTS_INDEX}; it has "
+                    f"{brief(present)}): point to the directory save_pretrained() wrote, or copy the weights too")
+    for shard in shards:
+        check_safetensors(os.path.join(location, shard), error, redo)
+    return config
+
+
+def read_model_config(location: str, error: Callable[[str], BrewkitError],
+                      redo: str = "copy or save it again") -> "transformers.PretrainedConfig":
+    """:func:`check_model_dir`, then ``AutoConfig.from_pretrained(location)``; its failures (an unknown
+    ``model_type``, a field of the wrong type, ...) raise ``error(message)`` too."""
+    check_model_dir(location, error, redo)
+    try:
+        return transformers.AutoConfig.from_pretrained(location, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 -- transformers / huggingface_hub raise assorted types for a bad config
+        raise error(f"cannot read the model config {os.path.join(location, 'config.json')}: "
+                    f"{type(e).__name__}: {one_line(e)}") from None
+
+
+def load_pretrained(auto_class: Any, location: str, error: Callable[[str], BrewkitError], **kwargs: Any) -> nn.Module:
+    """``auto_class.from_pretrained(location, **kwargs)`` from safetensors only, offline, ignoring ``auto_map``
+    (no code from the directory runs); a failure raises ``error(message)``. Call :func:`read_model_config`
+    first: it finds damaged files with a clearer message."""
+    try:
+        return auto_class.from_pretrained(location, local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+        if "ignore_mismatched_sizes" in str(e):  # transformers logged a table of the tensors just before
+            raise error(f"the weights in {location} do not fit its config.json (tensors of other shapes, listed "
+                        "above): the two files come from different models; copy or save the directory again") from None
+        raise error(f"cannot load the model in {location}: {type(e).__name__}: {one_line(e)}") from None
 
 
 # -- building -------------------------------------------------------------------------------------------
@@ -314,18 +429,21 @@ def _from_path(spec: ModelSpec, num_labels: int | None, base_dir: str | None):
     location = resolve_model_path(spec.path, base_dir)
     if not os.path.isfile(os.path.join(location, "config.json")):
         raise ConfigError(f"{location} is not a Hugging Face model directory (it has no config.json)", "path")
-    config = transformers.AutoConfig.from_pretrained(location, local_files_only=True)
+
+    def error(message: str) -> ConfigError:
+        return ConfigError(message, "path")
+
+    config = read_model_config(location, error)
     _check_task(spec, config)
     head = "ForSequenceClassification" if spec.task == "sequence_classification" else "ForTokenClassification"
     has_head = any(a.endswith(head) for a in (config.architectures or []))
     if num_labels is not None and has_head and config.num_labels != num_labels:
         raise ConfigError(f"the checkpoint at {location} has a {config.num_labels}-label head but "
                           f"{num_labels} labels are asked for", "num_labels")
-    kwargs = {"local_files_only": True, "attn_implementation": spec.attn_implementation,
-              **_dtype_kwargs(spec, checkpoint=True)}
+    kwargs = {"attn_implementation": spec.attn_implementation, **_dtype_kwargs(spec, checkpoint=True)}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
-    model = _auto_class(spec.task).from_pretrained(location, **kwargs)
+    model = load_pretrained(_auto_class(spec.task), location, error, **kwargs)
     tokenizer = None if spec.tokenizer else load_tokenizer(location, field_name="path", required=False)
     return model, tokenizer
 

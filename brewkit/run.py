@@ -8,21 +8,22 @@ leaves behind (:func:`train_run`), or the evaluation of a saved student (:func:`
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from typing import Any
 
 import torch
 
-from .build import build, in_data_section
+from .build import build, check_sizes, in_data_section
 from .checkpoint import latest_checkpoint
 from .data import build_dataloaders
 from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
 from .engine.rng import forked_rng
-from .errors import AdaptorError, ConfigError
+from .errors import AdaptorError, CheckpointError, ConfigError
 from .evaluation import evaluate
-from .models import load_tokenizer
+from .models import load_pretrained, load_tokenizer, read_model_config
 from .run_directory import DIGESTS, RunDirectory, file_digest
 from .runfile import RunConfig, in_section
 
@@ -44,6 +45,12 @@ def validate_run(run: RunConfig) -> str:
         loss, terms = d.dry_run(batch)
     except AdaptorError as e:  # the models and the run file disagree: a mistake in the run file
         raise ConfigError(e.message, "distillation." + e.path if e.path else None) from None
+    values = {"loss": loss, **terms}
+    bad = [f"{k}={float(v)}" for k, v in values.items() if not math.isfinite(float(v))]
+    if bad:  # training would stop at its first step (NonFiniteLossError)
+        raise ConfigError(f"the first batch's loss is not finite: {', '.join(bad)}; training would stop at its first "
+                          "step. Look for NaN or inf in the models' weights or inputs, or scores masked with -inf "
+                          "(docs/errors.md E30); training.skip_nonfinite_steps: true skips such steps")
     lines = [f"run: {run.distiller} distiller, output_dir {run.output_dir}"]
     if b.teacher is not None:
         lines.append(f"teacher: {describe_model(b.teacher)}")
@@ -199,16 +206,20 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
 # -- eval -----------------------------------------------------------------------------------------------------
 def eval_run(run: RunConfig, checkpoint: str) -> dict:
     """Evaluate a saved student (``final/`` or a ``checkpoint-N`` directory) on the run's eval split."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
+    check_sizes(run)
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise ConfigError(f"{checkpoint} holds no saved model (config.json)", "--checkpoint")
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, local_files_only=True,
-                                                               attn_implementation="eager")
+
+    def damaged(message: str) -> CheckpointError:  # a checkpoint brewkit wrote, damaged since (disk, copy)
+        return CheckpointError(f"--checkpoint: {message}")
+
+    config = read_model_config(checkpoint, damaged, "evaluate another checkpoint (or final/) of the run")
     candidates = [checkpoint, os.path.join(run.output_dir, "tokenizer"), os.path.join(run.output_dir, "final")]
     tok_dir = next((c for c in candidates if os.path.isfile(os.path.join(c, "tokenizer_config.json"))), None)
     if tok_dir is not None:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        tokenizer = load_tokenizer(tok_dir, field_name="--checkpoint" if tok_dir == checkpoint else "output_dir")
     else:  # the run file's own tokenizer (the teacher's, as in training)
         section = "teacher" if run.teacher is not None else "student"
         spec = run.teacher if run.teacher is not None else run.student
@@ -217,6 +228,13 @@ def eval_run(run: RunConfig, checkpoint: str) -> dict:
                                                                device=run.training.device))
     if eval_loader is None:
         raise ConfigError("the run has no eval split", "data")
+    run_labels = len(run.data.labels) if run.data.labels else getattr(eval_loader.dataset, "num_labels", None)
+    if run_labels is not None and config.num_labels != run_labels:  # argmax over another label set: no error
+        raise ConfigError(f"{checkpoint} has a classifier head of {config.num_labels} labels but the run has "
+                          f"{run_labels} ({'data.labels' if run.data.labels else 'data.label_column'}); it was "
+                          "trained for another label set: evaluate it with the run file it was trained with",
+                          "--checkpoint")
+    model = load_pretrained(AutoModelForSequenceClassification, checkpoint, damaged, attn_implementation="eager")
     model.to(run.training.device)
     return {"checkpoint": checkpoint,
             **{f"eval_{k}": v for k, v in evaluate(model, eval_loader, run.training.device,

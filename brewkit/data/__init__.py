@@ -10,9 +10,10 @@ from .config import FORMATS, DataConfig, SplitRule, infer_format, resolve_data_p
 from .loaders import TokenizedDataset, build_dataloaders, resolve_loader_settings
 from .loading import load_splits, read_table, split_by_group
 from .sampler import LengthGroupedBatchSampler, RandomBatchSampler
-from .tokenization import default_cache_dir, tokenize_dataset, tokenizer_fingerprint
+from .tokenization import CacheDirError, check_cache_dir, default_cache_dir, tokenize_dataset, tokenizer_fingerprint
 
 __all__ = ["DataConfig", "SplitRule", "AugmentConfig", "NeighbourAugmenter", "augmenter_for", "FORMATS",
            "infer_format", "resolve_data_path", "load_splits", "read_table", "split_by_group", "tokenize_dataset",
-           "tokenizer_fingerprint", "default_cache_dir", "PadCollator", "PairCollator", "LengthGroupedBatchSampler",
-           "RandomBatchSampler", "TokenizedDataset", "build_dataloaders", "resolve_loader_settings"]
+           "tokenizer_fingerprint", "default_cache_dir", "check_cache_dir", "CacheDirError", "PadCollator",
+           "PairCollator", "LengthGroupedBatchSampler", "RandomBatchSampler", "TokenizedDataset", "build_dataloaders",
+           "resolve_loader_settings"]

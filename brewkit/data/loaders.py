@@ -21,7 +21,7 @@ from .collate import PadCollator, PairCollator
 from .config import DataConfig
 from .loading import load_splits
 from .sampler import LengthGroupedBatchSampler, RandomBatchSampler
-from .tokenization import tokenize_dataset, tokenizer_fingerprint
+from .tokenization import check_cache_dir, tokenize_dataset, tokenizer_fingerprint
 
 _ROW_COLUMNS = ("input_ids", "token_type_ids", "labels", "idx")
 
@@ -97,6 +97,7 @@ def build_dataloaders(cfg: DataConfig, tokenizer_T, tokenizer_S=None, seed: int 
     evaluation results must be gathered across ranks (by ``idx``). ``augment`` grows the training rows (see
     :func:`load_splits`); the eval loader never sees altered rows.
     """
+    check_cache_dir(cfg)  # a cache path that is a file or read-only: one line now, not a datasets traceback
     train, evaluation = load_splits(cfg, base_dir, augment)
     paired = tokenizer_S is not None and tokenizer_fingerprint(tokenizer_S) != tokenizer_fingerprint(tokenizer_T)
     pad = {"padding": cfg.padding, "max_length": cfg.max_length, "pad_to_multiple_of": cfg.pad_to_multiple_of}

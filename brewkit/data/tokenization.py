@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 
+from ..errors import BrewkitError
 from .config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,39 @@ def default_cache_dir() -> str:
         return os.path.expanduser(os.environ["BREWKIT_CACHE"])
     base = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"))
     return os.path.join(base, "brewkit")
+
+
+class CacheDirError(BrewkitError, OSError):
+    """The cache directory (``data.cache_dir``, else :func:`default_cache_dir`) is a file or cannot be written."""
+
+
+def check_cache_dir(cfg: DataConfig) -> str:
+    """Create the cache directory ``cfg`` uses (``cfg.cache_dir``, else :func:`default_cache_dir`) and check that
+    a file can be written in it; returns its path. A path that is (or runs through) a file, or a directory that
+    cannot be written, is a :class:`CacheDirError` naming the setting it came from, before any data is read."""
+    path = cfg.cache_dir or default_cache_dir()
+    if cfg.cache_dir:
+        where, fix = "data.cache_dir", "set data.cache_dir to a writable directory"
+    else:
+        var = "BREWKIT_CACHE" if os.environ.get("BREWKIT_CACHE") else \
+            "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else None
+        where = f"the cache directory (from ${var})" if var else "the default cache directory"
+        fix = "set data.cache_dir (or $BREWKIT_CACHE) to a writable directory"
+    blocker = path
+    while blocker and not os.path.exists(blocker):  # the nearest existing part of the path
+        parent = os.path.dirname(blocker)
+        blocker = parent if parent != blocker else ""
+    if blocker and not os.path.isdir(blocker):
+        inside = "" if blocker == path else f" (so {path} cannot be made in it)"
+        raise CacheDirError(f"{where}: {blocker} is a file, not a directory{inside}; {fix}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".brewkit-write-test-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CacheDirError(f"{where}: cannot write to {path} ({e.strerror or e}); {fix}") from None
+    return path
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -111,9 +111,18 @@ class GeneralDistiller(BasicDistiller):
                 raise AdaptorError(f"{who} returned no {m.feature!r} (keys: {', '.join(r) or 'none'}); "
                                    "for Hugging Face models leave the adaptor out or return hidden/attention lists",
                                    where)
+            side = "layer_S" if who == "adaptor_S" else "layer_T"
+            if m.feature == "attention" and all(t is None for t in feats):
+                # Hugging Face models under sdpa / flash attention compute no attention weights to return
+                section, model = ("student", self.model_S) if who == "adaptor_S" else ("teacher", self.model_T)
+                impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+                using = f" (it uses attn_implementation {impl!r})" if isinstance(impl, str) else ""
+                raise AdaptorError(f"{who} returned no attention tensors: the {section} model computed no attention "
+                                   f"weights{using}; sdpa and flash attention return none, so set "
+                                   f"attn_implementation: eager in the {section} section (in Python: "
+                                   "from_pretrained(..., attn_implementation='eager'))", f"{where}.{side}")
             for j in layers if isinstance(layers, list) else [layers]:
                 if j >= len(feats) or feats[j] is None:
-                    side = "layer_S" if who == "adaptor_S" else "layer_T"
                     raise AdaptorError(f"layer {j} is out of range: {who} returned {len(feats)} {m.feature!r} "
                                        f"tensors (valid indices 0..{len(feats) - 1})", f"{where}.{side}")
         mask_S, mask_T = results_S.get("inputs_mask"), results_T.get("inputs_mask")
