@@ -107,6 +107,13 @@ class DataConfig:
     ``brewkit.data.augment``); null: none.
     ``cache_dir``: where tokenised data (and ``datasets``' copy of the files) is cached; null: tokenised
     data in ``$BREWKIT_CACHE`` or ``~/.cache/brewkit``, file copies in ``datasets``' own cache.
+
+    Keys of other tasks (see :mod:`brewkit.tasks`, which checks them against the run's task): for
+    ``causal_lm``, ``prompt_column`` + ``completion_column`` (prompt/completion pairs) or ``messages_column``
+    (chat data: a list of ``{role, content}`` per row, rendered with the tokenizer's chat template) instead of
+    ``text_column``, and ``train_on_prompt`` (false: the loss counts completion tokens only). For
+    ``token_classification``, ``text_column`` holds each row's list of words and ``label_column`` its list of
+    tags. ``padding_side``: ``left`` or ``right``; null: the tokenizer's.
     """
 
     train_file: str
@@ -134,6 +141,11 @@ class DataConfig:
     pin_memory: bool | str = "auto"
     cache_dir: str | None = None
     augment: AugmentConfig | dict | None = None
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    messages_column: str | None = None
+    train_on_prompt: bool = False
+    padding_side: str | None = None
 
     def __post_init__(self):
         self.train_file = _name(self.train_file, "train_file")
@@ -153,6 +165,7 @@ class DataConfig:
         self.label_column = _name(self.label_column, "label_column", allow_none=True)
         if self.label_column is not None and self.label_column in (self.text_column, self.text_pair_column):
             raise ConfigError(f"{self.label_column!r} is also a text column", "label_column")
+        self._check_text_sources()
         self._check_labels()
         f = self.max_unlisted_label_fraction
         if not isinstance(f, numbers.Real) or isinstance(f, bool) or not 0 <= f <= 1:
@@ -199,6 +212,27 @@ class DataConfig:
         elif not (self.augment is None or isinstance(self.augment, AugmentConfig)):
             raise ConfigError("must be a mapping {copies, replace_prob, neighbours, seed} or null, "
                               f"got {brief(self.augment)}", "augment")
+
+    def _check_text_sources(self) -> None:
+        """``prompt_column`` / ``completion_column`` / ``messages_column``, ``train_on_prompt``, ``padding_side``."""
+        for key in ("prompt_column", "completion_column", "messages_column"):
+            setattr(self, key, _name(getattr(self, key), key, allow_none=True))
+        if (self.prompt_column is None) != (self.completion_column is None):
+            given, missing = ("prompt_column", "completion_column") if self.completion_column is None else \
+                ("completion_column", "prompt_column")
+            raise ConfigError(f"{given} is set but {missing} is not; prompt/completion data names both columns",
+                              missing)
+        if self.prompt_column is not None and self.prompt_column == self.completion_column:
+            raise ConfigError(f"must differ from prompt_column ({self.prompt_column!r})", "completion_column")
+        if self.messages_column is not None and self.prompt_column is not None:
+            raise ConfigError("a row is either a chat (messages_column) or a prompt/completion pair, not both; "
+                              "give one", "messages_column")
+        if self.text_pair_column is not None and (self.prompt_column or self.messages_column):
+            raise ConfigError("text pairs are for classification; prompt/completion and chat data have their own "
+                              "columns", "text_pair_column")
+        self.train_on_prompt = _bool(self.train_on_prompt, "train_on_prompt")
+        if self.padding_side is not None:
+            _choice(self.padding_side, "padding_side", ("left", "right"))
 
     def _check_labels(self) -> None:
         if self.labels is None:

@@ -11,6 +11,7 @@ Every dropped row is counted, per reason and with a few of the values, in one WA
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -54,29 +55,48 @@ def read_table(cfg: DataConfig, key: str, base_dir: str | None = None):
         ds_logger.setLevel(level)
 
 
+def text_fields(cfg: DataConfig) -> tuple[str, str | None]:
+    """The fields whose columns become ``text`` and ``text_pair``: ``messages_column`` (chat data, one list of
+    messages per row), ``prompt_column`` and ``completion_column``, else ``text_column`` and
+    ``text_pair_column``."""
+    if cfg.messages_column is not None:
+        return "messages_column", None
+    if cfg.prompt_column is not None:
+        return "prompt_column", "completion_column"
+    return "text_column", "text_pair_column"
+
+
 def _columns(cfg: DataConfig, raw, key: str, group_by: str | None) -> dict[str, list]:
     """The columns the config names, as lists; a missing column is a ConfigError naming the field."""
-    wanted = [("text_column", cfg.text_column), ("text_pair_column", cfg.text_pair_column),
+    text_field, pair_field = text_fields(cfg)
+    wanted = [("text_column", getattr(cfg, text_field)), ("text_pair_column", getattr(cfg, pair_field or "", None)),
               ("label_column", cfg.label_column), ("split.group_by", group_by)]
+    field_of = {"text_column": text_field, "text_pair_column": pair_field}
     out = {}
     for field, column in wanted:
         if column is None:
             continue
         if column not in raw.column_names:
             raise ConfigError(f"column {column!r} is not in {getattr(cfg, key)}; its columns are: "
-                              f"{', '.join(raw.column_names)}", field)
+                              f"{', '.join(raw.column_names)}", field_of.get(field, field))
         out[field] = raw[column][:]  # [:] turns a lazy Column into a list
     return out
 
 
-def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> dict[str, list]:
+def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None, rows: str = "text") -> dict[str, list]:
     """Clean rows: ``text`` [, ``text_pair``] [, ``label``] [, ``group``] lists of equal length.
 
     Drops rows with a missing value, an unlisted label or a repeated text, and logs what it dropped (one
     WARNING line with counts per reason and examples). Raises ConfigError at ``labels`` when more than
     ``cfg.max_unlisted_label_fraction`` of the labelled rows hold a value not in ``cfg.labels``.
+    ``rows="words"`` (token classification): ``text`` is a list of words and ``label`` a list of tag ids, one
+    per word (:func:`_word_examples`). Chat data (``messages_column``): ``text`` is the row's messages as JSON.
     """
+    if rows == "words":
+        return _word_examples(cfg, raw, key, group_by)
     cols = _columns(cfg, raw, key, group_by)
+    if cfg.messages_column is not None:
+        cols["text_column"] = [_chat_json(v, cfg.messages_column, i) for i, v in enumerate(cols["text_column"])]
     texts = cols["text_column"]
     pairs = cols.get("text_pair_column")
     labels = cols.get("label_column")
@@ -100,7 +120,7 @@ def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> di
         if gap is not None:
             missing[gap].append(i + 1)
             continue
-        for field, value in (("text_column", text), ("text_pair_column", pair)):
+        for field, value in zip(text_fields(cfg), (text, pair)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"column {getattr(cfg, field)!r} must hold text, but row {i} holds "
                                   f"{brief(value)}", field)
@@ -148,6 +168,85 @@ def _examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> di
     if pairs is None:
         del out["text_pair"]
     if labels is None:
+        del out["label"]
+    if groups is None:
+        del out["group"]
+    return out
+
+
+def _chat_json(value: Any, column: str, row: int) -> str | None:
+    """A chat cell (a list of ``{role, content}`` mappings with string values) as JSON; None stays None."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    if not ok:
+        raise ConfigError(f"column {column!r} must hold a non-empty list of {{role, content}} messages per row, but "
+                          f"row {row} holds {brief(value)}", "messages_column")
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in value], ensure_ascii=False)
+
+
+def _tag_id(tag: Any, label_ids: dict | None, n_labels: int | None) -> int | None:
+    """A tag's id: its position in ``labels``, or the tag itself when it is an integer id below ``n_labels``
+    (files often store tag ids); None for a tag that is neither."""
+    if label_ids is not None and _hashable(tag) in label_ids:
+        return label_ids[tag]
+    if isinstance(tag, str) and label_ids is not None and tag.strip() in label_ids:
+        return label_ids[tag.strip()]
+    if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < (n_labels or 0):
+        return tag
+    return None
+
+
+def _word_examples(cfg: DataConfig, raw, key: str, group_by: str | None = None) -> dict[str, list]:
+    """Token-classification rows: ``text`` (a list of words) and ``label`` (a list of tag ids, one per word).
+
+    A row with a missing cell or no words is dropped and reported; a row whose tag list is not as long as its
+    word list, or that holds a tag outside ``cfg.labels`` (names or ids), is a ConfigError naming the row.
+    """
+    cols = _columns(cfg, raw, key, group_by)
+    words_col, tags_col = cols["text_column"], cols.get("label_column")
+    groups = cols.get("split.group_by")
+    label_ids = {name: i for i, name in enumerate(cfg.labels)} if cfg.labels is not None else None
+    n_labels = len(cfg.labels) if cfg.labels is not None else None
+    out: dict[str, list] = {"text": [], "label": [], "group": []}
+    missing: dict[str, list[int]] = {"text": [], "text pair": [], "label": []}
+    seen: set = set()
+    repeated: list[str] = []
+    for i, words in enumerate(words_col):
+        tags = tags_col[i] if tags_col is not None else None
+        if not words or (tags_col is not None and tags is None):
+            missing["text" if not words else "label"].append(i + 1)
+            continue
+        if not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise ConfigError(f"column {cfg.text_column!r} must hold a list of words per row (token_classification), "
+                              f"but row {i} holds {brief(words)}", "text_column")
+        ids = None
+        if tags_col is not None:
+            if not isinstance(tags, list) or len(tags) != len(words):
+                raise ConfigError(f"row {i} of {getattr(cfg, key)} has {len(words)} words but its "
+                                  f"{cfg.label_column!r} cell holds {brief(tags)}: one tag per word",
+                                  "label_column")
+            ids = [_tag_id(t, label_ids, n_labels) for t in tags]
+            bad = [t for t, j in zip(tags, ids) if j is None]
+            if bad:
+                raise ConfigError(f"row {i} of {getattr(cfg, key)} has the tag {brief(bad[0])}, which is not in "
+                                  f"labels {brief(cfg.labels)} (nor an id below {n_labels}); list every tag",
+                                  "labels")
+        if cfg.dedupe:
+            dedupe_key = tuple(words)
+            if dedupe_key in seen:
+                repeated.append(" ".join(words))
+                continue
+            seen.add(dedupe_key)
+        out["text"].append(list(words))
+        out["label"].append(ids)
+        out["group"].append(groups[i] if groups is not None else None)
+    if not out["text"]:
+        raise ConfigError(f"{getattr(cfg, key)} has no usable rows", key)
+    _report(getattr(cfg, key), len(words_col), len(out["text"]), missing, Counter(), Counter(), Counter(),
+            repeated)
+    if tags_col is None:
         del out["label"]
     if groups is None:
         del out["group"]
@@ -259,29 +358,33 @@ def _to_dataset(rows: dict[str, list]):
     if "group" in rows:  # kept for inspection (which movie a review is about); tokenising drops it
         rows["group"] = [None if _is_missing(g) else str(g) for g in rows["group"]]
     rows["idx"] = list(range(len(rows["text"])))
-    features = {"text": datasets.Value("string"), "group": datasets.Value("string"),
-                "idx": datasets.Value("int64")}
+    words = bool(rows["text"]) and isinstance(rows["text"][0], list)  # token classification: lists per row
+    features = {"text": datasets.Sequence(datasets.Value("string")) if words else datasets.Value("string"),
+                "group": datasets.Value("string"), "idx": datasets.Value("int64")}
     if "text_pair" in rows:
         features["text_pair"] = datasets.Value("string")
     if "label" in rows:
-        features["label"] = datasets.Value("int64")
+        features["label"] = datasets.Sequence(datasets.Value("int64")) if words else datasets.Value("int64")
     return datasets.Dataset.from_dict(rows, features=datasets.Features({k: features[k] for k in rows}))
 
 
-def load_splits(cfg: DataConfig, base_dir: str | None = None, augment: Callable[[dict], dict] | None = None):
+def load_splits(cfg: DataConfig, base_dir: str | None = None, augment: Callable[[dict], dict] | None = None,
+                rows: str = "text"):
     """``(train, eval)`` datasets for ``cfg``; eval is None when there is neither ``eval_file`` nor ``split``.
 
     ``base_dir`` anchors relative file paths (e.g. the directory of the run's YAML file). ``augment`` (e.g. a
     :class:`~brewkit.data.augment.NeighbourAugmenter`) maps the training rows, as a dict of column lists, to
-    the rows plus their altered copies; the eval rows are never augmented.
+    the rows plus their altered copies; the eval rows are never augmented. ``rows``: ``"text"`` (one text or
+    text pair per row) or ``"words"`` (token classification: a list of words and one of tags per row; the
+    task's ``rows``).
     """
     ensure_default_handler()  # so that the report of dropped rows is seen (the engine sets it up later)
     rule = cfg.split
     train = _examples(cfg, read_table(cfg, "train_file", base_dir), "train_file",
-                      group_by=rule.group_by if rule is not None else None)
+                      group_by=rule.group_by if rule is not None else None, rows=rows)
     evaluation = None
     if cfg.eval_file is not None:
-        evaluation = _examples(cfg, read_table(cfg, "eval_file", base_dir), "eval_file")
+        evaluation = _examples(cfg, read_table(cfg, "eval_file", base_dir), "eval_file", rows=rows)
     elif rule is not None:
         train, evaluation = split_by_group(train, rule)
     seed = rule.seed if rule is not None else 0
@@ -309,13 +412,16 @@ def _check_classes(cfg: DataConfig, train: dict[str, list], evaluation: dict[str
     def name(label_id: int) -> str:
         return brief(cfg.labels[label_id] if cfg.labels is not None else label_id, 60)
 
-    classes = Counter(train["label"])
+    words = bool(train["label"]) and isinstance(train["label"][0], list)
+    classes = Counter(t for tags in train["label"] for t in tags) if words else Counter(train["label"])
     if len(classes) < 2:
         (only, n), = classes.items()
         where = f"{cfg.train_file} (after the split rule)" if cfg.split is not None else cfg.train_file
         raise ConfigError(f"all {n} training rows of {where} have the label {name(only)}: a classifier needs "
                           f"at least two classes; check data.labels against column {cfg.label_column!r} of the "
                           "file (rows with other labels are dropped)", field)
+    if words:
+        return
     if evaluation is not None and len(set(evaluation["label"])) == 1:
         logger.warning("every one of the %d eval rows has the label %s: accuracy on them says little",
                        len(evaluation["label"]), name(evaluation["label"][0]))
