@@ -9,6 +9,7 @@ LR schedule's length comes from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +28,21 @@ from .engine.rng import seed_everything
 from .errors import ConfigError, brief
 from .layer_maps import expand_layer_map
 from .models import ModelSpec, build_model, build_model_with_report
-from .runfile import RunConfig, in_section
+from .runfile import ADAM_TYPE, METRIC_SCHEDULES, RunConfig, in_section
 
 R = TypeVar("R")
 
-LR_SCHEDULES = {"linear": transformers.get_linear_schedule_with_warmup,
-                "cosine": transformers.get_cosine_schedule_with_warmup,
-                "constant": transformers.get_constant_schedule_with_warmup}
+#: ``training.optimizer.name`` -> what builds it: what transformers.Trainer builds for each ``optim`` name
+#: (``transformers/trainer_optimizer.py``), here over brewkit's parameter groups.
+OPTIMIZER_CLASSES: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adamw_torch": torch.optim.AdamW,
+    "adamw_torch_fused": functools.partial(torch.optim.AdamW, fused=True),
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adafactor": functools.partial(transformers.Adafactor, scale_parameter=False, relative_step=False),
+}
 
 
 @dataclass
@@ -57,7 +66,9 @@ class Built:
 
 
 def build_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over the trainable parameters of ``model``; ``opt`` is ``OptimConfig.optimizer``.
+    """The optimizer ``opt["name"]`` (:data:`OPTIMIZER_CLASSES`) over the trainable parameters of ``model``, at
+    ``lr``; ``opt`` is ``OptimConfig.optimizer``. ``betas`` / ``eps`` (transformers' ``adam_beta1/2``,
+    ``adam_epsilon``) go to the Adam-type optimizers only, as in transformers; unset, they are torch's defaults.
 
     Biases and norm weights (1-D tensors, or names containing ``norm``) get no weight decay.
     """
@@ -66,22 +77,78 @@ def build_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if p.dim() < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": opt["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    if opt["name"] == "sgd":
-        return torch.optim.SGD(groups, lr=opt["lr"])
-    kw = {k: tuple(v) if k == "betas" else v for k, v in opt.items() if k in ("betas", "eps")}
-    return torch.optim.AdamW(groups, lr=opt["lr"], **kw)
+    adam = opt["name"] in ADAM_TYPE
+    kw = {k: tuple(v) if k == "betas" else v for k, v in opt.items() if adam and k in ("betas", "eps")}
+    return OPTIMIZER_CLASSES[opt["name"]](groups, lr=opt["lr"], **kw)
 
 
-def lr_schedule(sch: dict, total_steps: int) -> tuple[Callable[..., Any], dict]:
-    """``(scheduler_class, scheduler_args)`` for ``train()``: a Hugging Face schedule with warm-up.
+class MetricSchedule:
+    """A schedule that follows an evaluation metric (``reduce_lr_on_plateau``, ``greedy``): the engine's step()
+    after each optimizer step does nothing; :meth:`step` with the metric (after each evaluation, as
+    transformers.Trainer does) steps the wrapped scheduler. Its state is the wrapped scheduler's."""
 
-    ``sch`` is ``OptimConfig.lr_scheduler``; warm-up is ``warmup_steps``, else ``int(warmup_ratio * total_steps)``.
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+
+    def step(self, metric: float | None = None) -> None:
+        if metric is not None:
+            self.scheduler.step(metric)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class HFSchedule:
+    """``scheduler_class`` for ``train()``: ``HFSchedule(name, kwargs)(optimizer, num_warmup_steps=...,
+    num_training_steps=...)`` is ``transformers.get_scheduler(name, ...)``, with ``kwargs`` as its
+    ``scheduler_specific_kwargs``. brewkit's ``constant`` is transformers' ``constant_with_warmup`` (constant
+    after its warm-up; with no warm-up the same as transformers' ``constant``). A metric-driven schedule comes
+    wrapped in a :class:`MetricSchedule`. The last one built is ``built``."""
+
+    def __init__(self, name: str, kwargs: dict | None = None, *, metric_mode: str | None = None):
+        self.name, self.kwargs = name, dict(kwargs or {})
+        self.__name__ = f"get_scheduler({name!r})"
+        if name in METRIC_SCHEDULES and metric_mode is not None:
+            self.kwargs.setdefault("mode", metric_mode)  # transformers' 'min' suits a loss, not an accuracy
+        self.built: Any = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, num_warmup_steps: int | None = None,
+                 num_training_steps: int | None = None) -> Any:
+        name = "constant_with_warmup" if self.name == "constant" else self.name
+        sched = transformers.get_scheduler(name, optimizer, num_warmup_steps=num_warmup_steps,
+                                           num_training_steps=num_training_steps,
+                                           scheduler_specific_kwargs=dict(self.kwargs))
+        self.built = MetricSchedule(sched) if self.name in METRIC_SCHEDULES else sched
+        return self.built
+
+    @property
+    def follows_metric(self) -> bool:
+        return self.name in METRIC_SCHEDULES
+
+
+def warmup_steps(sch: dict, total_steps: int) -> int:
+    """Warm-up steps of ``OptimConfig.lr_scheduler`` over ``total_steps``: ``warmup_steps``, else
+    ``int(warmup_ratio * total_steps)`` (rounded down; transformers rounds up)."""
+    return sch.get("warmup_steps", int(sch["warmup_ratio"] * total_steps))
+
+
+def lr_schedule(sch: dict, total_steps: int, *, metric_mode: str | None = None) -> tuple[HFSchedule, dict]:
+    """``(scheduler_class, scheduler_args)`` for ``train()``: ``transformers.get_scheduler`` of ``sch["name"]``
+    (:class:`HFSchedule`) with the warm-up of :func:`warmup_steps`, over ``total_steps``.
+
+    ``sch`` is ``OptimConfig.lr_scheduler``; ``kwargs`` are the schedule's own options (transformers'
+    ``lr_scheduler_kwargs``). ``metric_mode`` ('max' / 'min') is the default ``mode`` of a metric-driven schedule.
     """
-    warmup = sch.get("warmup_steps", int(sch["warmup_ratio"] * total_steps))
-    args = {"num_warmup_steps": warmup}
-    if sch["name"] != "constant":
+    fn = HFSchedule(sch["name"], sch.get("kwargs"), metric_mode=metric_mode)
+    if sch["name"] in METRIC_SCHEDULES:
+        return fn, {}
+    args = {"num_warmup_steps": warmup_steps(sch, total_steps)}
+    if sch["name"] not in ("constant", "constant_with_warmup"):
         args["num_training_steps"] = total_steps
-    return LR_SCHEDULES[sch["name"]], args
+    return fn, args
 
 
 def model_depth(model: torch.nn.Module) -> int:
@@ -269,6 +336,7 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     optimizer = build_optimizer(student, run.optim.optimizer) if with_optimizer else None
     plan = TrainPlan.build(run.training, len(train_loader), num_epochs=run.optim.num_epochs,
                            num_steps=run.optim.num_steps)
-    sched, sched_args = lr_schedule(run.optim.lr_scheduler, plan.total_steps)
+    sched, sched_args = lr_schedule(run.optim.lr_scheduler, plan.total_steps,
+                                    metric_mode="max" if run.evaluation.higher_is_better else "min")
     return Built(teacher, student, tokenizer, train_loader, eval_loader, distiller, optimizer, sched, sched_args,
                  dc, notes, plan, rank)

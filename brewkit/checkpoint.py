@@ -6,7 +6,8 @@ A checkpoint holds only tensors and plain data:
 ``model.safetensors`` (+ ``config.json``)  the student (``save_pretrained`` layout for Hugging Face models)
 ``projections.safetensors``  the trainable projections of intermediate matches
 ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt``  state dicts (``torch.load(weights_only=True)``)
-``trainer_state.json``       step, epoch, data position, loss-weight state, fingerprint
+``trainer_state.json``       step, epoch, data position, loss-weight state, fingerprint; transformers' TrainerState
+                             keys (``log_history``, ``max_steps``, ``best_metric``, ...) when the loop gives them
 ``*_config.json``            the resolved configs
 ==========================  ====================================================================
 
@@ -34,6 +35,9 @@ from .logging_utils import logger
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+#: brewkit's own ``trainer_state.json`` keys (the engine reads them on resume; transformers' keys never replace them).
+BREWKIT_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch", "world_size", "weights", "plan", "fingerprint",
+                      "brewkit_version")
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -297,6 +301,9 @@ class Checkpointer:
         self.student_state_dicts = student_state_dicts
         self.fingerprint, self.configs = fingerprint, configs
         self.save_total_limit, self.force_resume = save_total_limit, force_resume
+        #: ``f(step) -> dict``: more ``trainer_state.json`` keys (transformers' TrainerState fields, set by the loop:
+        #: :meth:`brewkit.engine.hf_callbacks.CallbackBridge.trainer_state_fields`); brewkit's own keys win.
+        self.trainer_state_fields: Any = None
 
     def save(self, step: int, *, student: nn.Module, projections: nn.Module | None, stepper: Any, cursor: Any,
              weights: dict, plan: dict, version: str) -> str | None:
@@ -313,6 +320,8 @@ class Checkpointer:
         extra = {f"rng_state_rank{r}": g for r, g in enumerate(gathered)} if self.ctx.world_size > 1 else {}
         state = {"global_step": step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
                  "weights": weights, "plan": plan, "fingerprint": self.fingerprint, "brewkit_version": version}
+        if self.trainer_state_fields is not None:
+            state = {**self.trainer_state_fields(step), **state}
         scaler = stepper.scaler if stepper.scaler.is_enabled() else None
         path = save_checkpoint(self.output_dir, step, student=student, projections=projections,
                                optimizer=stepper.optimizer, scheduler=stepper.scheduler, scaler=scaler,
@@ -322,6 +331,20 @@ class Checkpointer:
             save_textbrewer_state_dict(student, self.output_dir, step)
         self.ctx.barrier()
         return path
+
+    def refresh_trainer_state(self, path: str, step: int) -> None:
+        """Rewrite the :attr:`trainer_state_fields` keys of checkpoint ``path`` (of ``step``), e.g. after the
+        evaluation at that step; the file is replaced atomically, the other keys are kept."""
+        if self.trainer_state_fields is None:
+            return
+        file = os.path.join(path, STATE_FILE)
+        state = read_trainer_state(path)
+        state.update({k: v for k, v in self.trainer_state_fields(step).items() if k not in BREWKIT_STATE_KEYS})
+        tmp = os.path.join(path, f".tmp-{STATE_FILE}-{os.getpid()}")
+        write_json(tmp, state)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
 
     def find(self, resume_from: bool | str | None) -> str | None:
         """The checkpoint to resume from: the latest in ``output_dir`` for ``True`` (None when there is none),

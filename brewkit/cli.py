@@ -1,4 +1,4 @@
-"""The ``brewkit`` command: ``train``, ``validate``, ``eval`` and ``presets``.
+"""The ``brewkit`` command: ``train``, ``validate``, ``eval``, ``plot`` and ``presets``.
 
 Every failure ends in one line on stderr and no traceback (unless ``--debug``): configuration and input mistakes
 (``error: distillation.intermediate_matches[1].layer_S: ...``) with exit status 2; the environment (disk,
@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     e = run_cmd("eval", "evaluate a checkpoint (or the final student) on the run's eval split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory or a saved student")
     sub.add_parser("presets", help="list every registered loss, projection, scheduler, layer map and model builder")
+    pl = sub.add_parser("plot", help="draw a run's loss terms, learning rate and evaluation against the step (PNG)")
+    pl.add_argument("run_dir", help="the run's output_dir (it holds metrics.jsonl)")
+    pl.add_argument("--out", default=None, help="the PNG to write (default: RUN_DIR/run.png)")
+    pl.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--version", action="version", version=f"brewkit {__import__('brewkit').__version__}")
     return p
 
@@ -60,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             print_presets()
+            return 0
+        if args.command == "plot":
+            from .plot import plot_run
+
+            print(plot_run(args.run_dir, args.out))
             return 0
         from . import run, runfile
 

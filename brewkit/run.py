@@ -33,6 +33,87 @@ def drop_example_index(batch: Any) -> Any:
     return split_example_index(batch)[0]
 
 
+# -- the resolved training arguments ----------------------------------------------------------------------------
+def training_arguments(run: RunConfig, plan: Any, scheduler_args: dict) -> list[tuple[str, Any, str]]:
+    """``(TrainingArguments name, resolved value, brewkit's setting)`` of each setting the run trains with, over
+    ``plan`` (:class:`~brewkit.engine.plan.TrainPlan`) and the LR schedule's ``scheduler_args``: what
+    ``brewkit validate`` prints, whichever spelling the run file used."""
+    from .hf_names import ADAM_BETAS
+    from .runfile import ADAM_TYPE
+
+    o, tc, data, ev = run.optim, run.training, run.data, run.evaluation
+    opt, sch = o.optimizer, o.lr_scheduler
+    rows: list[tuple[str, Any, str]] = [
+        ("optim", "adamw_torch" if opt["name"] == "adamw" else opt["name"], "training.optimizer.name"),
+        ("learning_rate", opt["lr"], "training.optimizer.lr"),
+        ("weight_decay", opt["weight_decay"], "training.optimizer.weight_decay")]
+    if opt["name"] in ADAM_TYPE:
+        betas = opt.get("betas") or ADAM_BETAS
+        rows += [("adam_beta1", betas[0], "training.optimizer.betas[0]"),
+                 ("adam_beta2", betas[1], "training.optimizer.betas[1]"),
+                 ("adam_epsilon", opt.get("eps", 1e-8), "training.optimizer.eps")]
+    schedule = sch["name"]
+    if schedule == "constant" and scheduler_args.get("num_warmup_steps"):
+        schedule = "constant_with_warmup"  # brewkit's constant warms up first
+    ratio = "" if "warmup_steps" in sch else f" = int({sch['warmup_ratio']} x {plan.total_steps})"
+    rows += [("lr_scheduler_type", schedule, "training.lr_scheduler.name"),
+             ("lr_scheduler_kwargs", sch.get("kwargs") or {}, "training.lr_scheduler.kwargs"),
+             ("warmup_steps", scheduler_args.get("num_warmup_steps", 0),
+              f"training.lr_scheduler.warmup_steps / warmup_ratio{ratio}"),
+             ("num_train_epochs", plan.num_epochs, "training.num_epochs"),
+             ("max_steps", plan.total_steps, "training.num_steps" if not plan.epoch_mode else
+              f"num_epochs x {plan.steps_per_epoch} steps per epoch"),
+             ("per_device_train_batch_size", data.batch_size, "data.batch_size"),
+             ("per_device_eval_batch_size", data.eval_batch_size or data.batch_size, "data.eval_batch_size"),
+             ("gradient_accumulation_steps", tc.gradient_accumulation_steps, "training.gradient_accumulation_steps"),
+             ("max_grad_norm", o.max_grad_norm, "training.max_grad_norm"),
+             ("logging_steps", tc.logging_steps, "training.logging_steps"),
+             ("save_steps", plan.ckpt_steps, "training.ckpt_steps" + ("" if plan.ckpt_steps else
+                                                                     f" (null: {tc.ckpt_frequency} per epoch)")),
+             ("eval_steps", ev.steps, "evaluation.steps" + ("" if ev.steps else " (null: at each checkpoint)")),
+             ("save_total_limit", tc.save_total_limit, "training.save_total_limit"),
+             ("seed", tc.seed, "training.seed"),
+             ("bf16", tc.bf16, "training.bf16"), ("fp16", tc.fp16, "training.fp16"),
+             ("report_to", ["tensorboard"] if tc.log_dir else ["none"], "tensorboard when training.log_dir is set"),
+             ("logging_dir", tc.log_dir, "training.log_dir"),
+             ("resume_from_checkpoint", tc.resume_from_checkpoint, "training.resume_from_checkpoint"),
+             ("dataloader_num_workers", data.num_workers, "data.num_workers"),
+             ("metric_for_best_model", ev.best_metric_key, "evaluation.metric_for_best_model"),
+             ("greater_is_better", ev.higher_is_better if ev.best_metric_key else None, "evaluation.greater_is_better"),
+             ("early_stopping_patience", ev.early_stopping_patience, "evaluation.early_stopping_patience")]
+    return rows
+
+
+def format_training_arguments(rows: list[tuple[str, Any, str]]) -> list[str]:
+    """``  name: value  # brewkit's setting`` lines (values in JSON, which YAML reads)."""
+    import json
+
+    width = max(len(f"{n}: {json.dumps(v)}") for n, v, _ in rows)
+    return [f"  {f'{n}: {json.dumps(v)}':<{width}}  # {where}" for n, v, where in rows]
+
+
+def run_callbacks(run: RunConfig, eval_loader: Any) -> Any:
+    """The ``TrainerCallback`` objects the run file asks for, as an
+    :class:`~brewkit.engine.hf_callbacks.HFCallbacks` (None when it asks for none): ``EarlyStoppingCallback``
+    from ``evaluation.early_stopping_patience`` (and ``_threshold``), with ``metric_for_best_model`` and
+    ``greater_is_better`` (which also make each checkpoint's ``trainer_state.json`` track ``best_metric``)."""
+    from .engine.hf_callbacks import HFCallbacks
+
+    ev = run.evaluation
+    key = ev.best_metric_key
+    if key is None:
+        return None
+    if eval_loader is None:
+        field = "early_stopping_patience" if ev.early_stopping_patience is not None else "metric_for_best_model"
+        raise ConfigError("needs an eval split to evaluate on (data.eval_file or data.split)", f"evaluation.{field}")
+    callbacks = []
+    if ev.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(ev.early_stopping_patience, ev.early_stopping_threshold or 0.0))
+    return HFCallbacks(callbacks, metric_for_best_model=key, greater_is_better=ev.higher_is_better)
+
+
 # -- validate -------------------------------------------------------------------------------------------------
 def validate_run(run: RunConfig) -> str:
     """Everything short of training: build, run one batch through both models and adaptors, print the plan."""
@@ -84,6 +165,9 @@ def validate_run(run: RunConfig) -> str:
             lines.append(f"  match[{i}]: {m.feature} S{m.layer_S} <- T{m.layer_T} {m.loss} weight {m.weight}{p}")
     if b.eval_loader is not None:
         lines.append(run.evaluation.describe())
+    run_callbacks(run, b.eval_loader)  # early stopping without an eval split is a mistake in the run file
+    lines.append("training arguments (resolved; transformers.TrainingArguments names, brewkit's after #):")
+    lines += format_training_arguments(training_arguments(run, b.plan, b.scheduler_args))
     lines.append("first batch: " + ", ".join([f"loss={float(loss):.4f}"] +
                                              [f"{k}={float(v):.4f}" for k, v in terms.items()]))
     lines.append("ok: the run file is valid")
@@ -159,16 +243,21 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
             return
         result = run_eval(model)
         history.append({"step": step, **result})
-        b.distiller.log_metrics(result, step)  # metrics.jsonl and TensorBoard, from rank 0
+        b.distiller.log_metrics(result, step)  # metrics.jsonl and TensorBoard, from rank 0; TrainerCallbacks
+        if getattr(b.scheduler_class, "follows_metric", False) and b.scheduler_class.built is not None:
+            b.scheduler_class.built.step(result[run.evaluation.best_metric_key or f"eval_{run.evaluation.metric}"])
 
     o = run.optim
     keep_index = b.distill_config is not None and b.distill_config.teacher_cache != "none"  # the engine takes it
     b.distiller.train(b.optimizer, b.train_loader, num_epochs=o.num_epochs, num_steps=o.num_steps,
                       scheduler_class=b.scheduler_class, scheduler_args=b.scheduler_args,
-                      max_grad_norm=o.max_grad_norm, callback=callback,
+                      max_grad_norm=o.max_grad_norm, callback=callback, callbacks=run_callbacks(run, b.eval_loader),
                       batch_postprocessor=None if keep_index else drop_example_index)
     steps = b.distiller.global_step
-    if b.distiller.interrupted:  # a signal: the checkpoint is written; a final/ now would pass for a finished run
+    from .engine.hf_callbacks import TRAINING_STOP
+
+    early_stopped = (b.distiller.stop_reason or "").startswith(TRAINING_STOP)  # a finished run
+    if b.distiller.interrupted and not early_stopped:  # a signal: a final/ now would pass for a finished run
         if not main:
             return {"rank": b.rank, "steps": steps}
         summary = {"output_dir": run.output_dir, "interrupted": True, "signal": b.distiller.stop_reason,
@@ -188,14 +277,20 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
         return {"rank": b.rank, "steps": steps}
 
     def save_final(path: str) -> None:
+        from .model_card import write_model_card
+
         b.student.save_pretrained(path, safe_serialization=True)
         b.tokenizer.save_pretrained(path)
+        write_model_card(path, run, b, steps=steps, final_eval=final_eval, history=history,
+                         train_seconds=time.perf_counter() - t0)
 
     final = directory.write_directory("final", save_final)
     summary = {"output_dir": run.output_dir, "final_model": final, "steps": steps,
                "student_parameters": count_parameters(b.student),
                "teacher_parameters": count_parameters(b.teacher),
                "train_seconds": round(time.perf_counter() - t0, 1)}
+    if early_stopped:
+        summary["early_stopped"] = b.distiller.stop_reason
     if final_eval is not None:
         summary.update(final_eval)
         summary["eval_history"] = history

@@ -7,8 +7,9 @@ A run file has these sections (see ``configs/`` for complete examples)::
     data:         {train_file: ..., text_column: text, label_column: label, max_length: 64, ...}
     distiller:    general          # general | basic | train (plain supervised training, no teacher)
     distillation: {temperature: 4, hard_label_weight: 1, intermediate_matches: [...] or {preset: ...}}
-    training:     {num_epochs: 3, optimizer: {lr: 1e-4}, lr_scheduler: {warmup_ratio: 0.1}, ...TrainingConfig}
-    evaluation:   {metric: accuracy}
+    training:     {num_train_epochs: 3, learning_rate: 1e-4, warmup_ratio: 0.1, ...TrainingConfig}
+                  # transformers.TrainingArguments names, or brewkit's: {num_epochs: 3, optimizer: {lr: 1e-4}, ...}
+    evaluation:   {metric: accuracy, early_stopping_patience: 3}
     plugins:      [my_package.my_losses]     # imported first, so their registrations exist
     output_dir:   runs/my_run
 
@@ -31,8 +32,10 @@ import yaml
 
 from .configs import DistillationConfig, TrainingConfig
 from .data import DataConfig
-from .errors import ConfigError
+from .errors import ConfigError, brief
 from .evaluation import METRICS
+from .hf_names import NAMES as HF_NAMES
+from .hf_names import renamed, translate
 from .layer_maps import LAYER_MAPS
 from .models import ModelSpec
 from .validation import ConfigBase, check_bool, check_int, check_keys, check_number, safe_load
@@ -47,6 +50,45 @@ PRESET_KEYS = ["preset", "feature", "loss", "weight", "proj"]
 """The keys of ``distillation.intermediate_matches`` when it is a layer-map preset rather than a list."""
 
 R = TypeVar("R")
+
+#: ``training.optimizer.name`` (transformers' ``optim``): what builds each (:func:`brewkit.build.build_optimizer`).
+OPTIMIZERS = {
+    "adamw": "torch.optim.AdamW (brewkit's name for adamw_torch)",
+    "adamw_torch": "torch.optim.AdamW",
+    "adamw_torch_fused": "torch.optim.AdamW(fused=True)",
+    "sgd": "torch.optim.SGD",
+    "adagrad": "torch.optim.Adagrad",
+    "rmsprop": "torch.optim.RMSprop",
+    "adafactor": "transformers.Adafactor(scale_parameter=False, relative_step=False), as transformers.Trainer",
+}
+#: The Adam-type optimizers: they take ``betas`` and ``eps`` (transformers' ``adam_beta1/2``, ``adam_epsilon``).
+ADAM_TYPE = ("adamw", "adamw_torch", "adamw_torch_fused")
+#: Schedules that follow an evaluation metric: stepped after each evaluation, not after each optimizer step.
+METRIC_SCHEDULES = ("reduce_lr_on_plateau", "greedy")
+
+
+def lr_schedule_names() -> list[str]:
+    """``training.lr_scheduler.name`` (transformers' ``lr_scheduler_type``): every name of
+    ``transformers.SchedulerType``, which ``transformers.get_scheduler`` builds. brewkit's ``constant`` is
+    constant after its warm-up (transformers' ``constant_with_warmup``; the same with no warm-up)."""
+    from transformers import SchedulerType
+
+    return [s.value for s in SchedulerType]
+
+
+def check_schedule_options(name: str, kwargs: dict) -> None:
+    """Build schedule ``name`` with ``kwargs`` once, on a throwaway optimizer, so that a missing or unknown
+    option (``cosine_with_min_lr`` needs ``min_lr`` or ``min_lr_rate``) is an error now, not at the first step."""
+    import torch
+    import transformers
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        transformers.get_scheduler(name, opt, num_warmup_steps=0, num_training_steps=1_000_000,
+                                   scheduler_specific_kwargs=dict(kwargs))
+    except (TypeError, ValueError) as e:
+        where = "lr_scheduler.kwargs" if kwargs else "lr_scheduler.name"  # options missing: the schedule's
+        raise ConfigError(f"schedule {name!r} with {brief(kwargs)}: {one_line(e)}", where) from None
 
 
 def in_section(prefix: str, fn: Callable[..., R], *args: Any) -> R:
@@ -83,8 +125,16 @@ class OptimConfig(ConfigBase):
         check_number(self.max_grad_norm, "max_grad_norm")
         check_keys(self.optimizer or {}, ["name", "lr", "weight_decay", "betas", "eps"], "optimizer")
         opt = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01, **(self.optimizer or {})}
-        if opt["name"] not in ("adamw", "sgd"):
-            raise ConfigError(f"must be 'adamw' or 'sgd', got {opt['name']!r}", "optimizer.name")
+        if opt["name"] not in OPTIMIZERS:
+            from transformers.training_args import OptimizerNames
+
+            others = [n for n in OPTIMIZERS if n not in ("adamw", "sgd")]
+            if opt["name"] in [o.value for o in OptimizerNames]:
+                raise ConfigError(f"{opt['name']!r} is a transformers optimizer that brewkit does not build (it needs "
+                                  f"another package or transformers.Trainer itself); brewkit builds "
+                                  f"{', '.join(OPTIMIZERS)}", "optimizer.name")
+            raise ConfigError(f"must be 'adamw' or 'sgd' (brewkit's names) or one of transformers' names "
+                              f"{', '.join(others)}; got {brief(opt['name'])}", "optimizer.name")
         check_number(opt["lr"], "optimizer.lr", positive=True)
         check_number(opt["weight_decay"], "optimizer.weight_decay")
         b = opt.get("betas")
@@ -96,15 +146,24 @@ class OptimConfig(ConfigBase):
         if "eps" in opt:
             check_number(opt["eps"], "optimizer.eps", positive=True)
         self.optimizer = opt
-        check_keys(self.lr_scheduler or {}, ["name", "warmup_ratio", "warmup_steps"], "lr_scheduler")
+        check_keys(self.lr_scheduler or {}, ["name", "warmup_ratio", "warmup_steps", "kwargs"], "lr_scheduler")
         sch = {"name": "linear", "warmup_ratio": 0.0, **(self.lr_scheduler or {})}
-        if sch["name"] not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"must be 'linear', 'cosine' or 'constant', got {sch['name']!r}", "lr_scheduler.name")
+        names = lr_schedule_names()
+        if sch["name"] not in names:
+            raise ConfigError(f"must be one of {', '.join(names)} (transformers.get_scheduler's names); got "
+                              f"{brief(sch['name'])}", "lr_scheduler.name")
         r = sch["warmup_ratio"]
         if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1):
             raise ConfigError(f"must be a number in [0, 1), got {r!r}", "lr_scheduler.warmup_ratio")
         if "warmup_steps" in sch:
             check_int(sch["warmup_steps"], "lr_scheduler.warmup_steps", minimum=0)
+        if "kwargs" in sch:
+            if sch["kwargs"] is None:
+                sch["kwargs"] = {}
+            if not isinstance(sch["kwargs"], dict):
+                raise ConfigError(f"must be a mapping of the schedule's options, got {brief(sch['kwargs'])}",
+                                  "lr_scheduler.kwargs")
+        check_schedule_options(sch["name"], sch.get("kwargs") or {})
         self.lr_scheduler = sch
 
 
@@ -115,15 +174,59 @@ class EvalConfig(ConfigBase):
 
     metric: str = "accuracy"
     steps: int | None = None
+    early_stopping_patience: int | None = None  # transformers.EarlyStoppingCallback, from the run file
+    early_stopping_threshold: float | None = None
+    metric_for_best_model: str | None = None  # default eval_{metric}; tracks best_metric in trainer_state.json
+    greater_is_better: bool | None = None  # default: True (false for a metric whose name ends in 'loss')
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ConfigError(f"must be one of {', '.join(METRICS)}; got {self.metric!r}", "metric")
         self.steps = check_int(self.steps, "steps", minimum=1, allow_none=True)
+        self.early_stopping_patience = check_int(self.early_stopping_patience, "early_stopping_patience", minimum=1,
+                                                 allow_none=True)
+        if self.early_stopping_threshold is not None:
+            self.early_stopping_threshold = check_number(self.early_stopping_threshold, "early_stopping_threshold")
+            if self.early_stopping_threshold < 0:
+                raise ConfigError(f"must be a number >= 0, got {self.early_stopping_threshold}",
+                                  "early_stopping_threshold")
+            if self.early_stopping_patience is None:
+                raise ConfigError("needs early_stopping_patience (how many evaluations without improvement stop "
+                                  "the run)", "early_stopping_threshold")
+        m = self.metric_for_best_model
+        if m is not None:
+            produced = ["accuracy"] + (["macro_f1"] if self.metric == "macro_f1" else [])
+            if not isinstance(m, str) or m.removeprefix("eval_") not in produced:
+                raise ConfigError(f"must be a metric the evaluation gives ({', '.join(f'eval_{p}' for p in produced)}"
+                                  f"; without the eval_ prefix too), got {brief(m)}", "metric_for_best_model")
+        if self.greater_is_better is not None:
+            check_bool(self.greater_is_better, "greater_is_better")
+
+    @property
+    def best_metric_key(self) -> str | None:
+        """The metric ``best_metric`` follows (``eval_accuracy``), or None when neither early stopping nor
+        ``metric_for_best_model`` asks for one."""
+        if self.metric_for_best_model is None and self.early_stopping_patience is None:
+            return None
+        m = self.metric_for_best_model or self.metric
+        return m if m.startswith("eval_") else f"eval_{m}"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """``greater_is_better`` as transformers resolves it: given, or whether the metric is not a loss."""
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return not (self.best_metric_key or "").endswith("loss")
 
     def describe(self) -> str:
         when = "at each checkpoint" if self.steps is None else f"every {self.steps} steps"
-        return f"evaluation: {self.metric} on the eval split {when} and at the end"
+        text = f"evaluation: {self.metric} on the eval split {when} and at the end"
+        if self.early_stopping_patience is not None:
+            threshold = self.early_stopping_threshold or 0.0
+            text += (f"; early stopping after {self.early_stopping_patience} evaluation(s) without "
+                     f"{self.best_metric_key} {'rising' if self.higher_is_better else 'falling'}"
+                     + (f" by more than {threshold:g}" if threshold else ""))
+        return text
 
 
 @dataclass
@@ -221,11 +324,22 @@ def import_plugins(plugins: Any) -> list[str]:
 
 
 def load_run(path_or_dict: str | os.PathLike | dict, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read (safe YAML, with YAML 1.2 floats), apply ``--set`` overrides, import plugins, validate each section."""
+    """Read (safe YAML, with YAML 1.2 floats), apply ``--set`` overrides, rewrite transformers.TrainingArguments
+    names into brewkit's (:mod:`brewkit.hf_names`), import plugins, validate each section. An error about a
+    value given under a TrainingArguments name names that key."""
     raw = read_run_file(path_or_dict)
     for o in overrides:
         apply_override(raw, o)
     check_keys(raw, SECTIONS)
+    origins = translate(raw)
+    try:
+        return run_config(raw)
+    except ConfigError as e:
+        raise renamed(e, origins) from None
+
+
+def run_config(raw: dict) -> RunConfig:
+    """The :class:`RunConfig` of a run-file dict in brewkit's names (``--set`` applied)."""
     plugins = import_plugins(raw.get("plugins"))
 
     distiller = raw.get("distiller", "general")
@@ -275,7 +389,8 @@ def load_training(raw: dict, output_dir: str) -> tuple[TrainingConfig, OptimConf
         raise ConfigError(f"is {training['output_dir']!r} but the run's output_dir is {output_dir!r}; set only the "
                           "top-level output_dir", "training.output_dir")
     tc_keys = [f.name for f in dataclasses.fields(TrainingConfig)]
-    in_section("training", check_keys, training, tc_keys + optim_keys)
+    hf_only = [k for k in HF_NAMES if k not in tc_keys + optim_keys]  # translated already; listed for the hint
+    in_section("training", check_keys, training, tc_keys + optim_keys + hf_only)
     evaluation = in_section("evaluation", EvalConfig.from_dict, raw.get("evaluation") or {})
     if evaluation.steps is not None:
         if training.setdefault("callback_steps", evaluation.steps) != evaluation.steps:

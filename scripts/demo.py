@@ -7,7 +7,8 @@ Stage 1 fine-tunes the teacher (configs/demo_teacher.yaml), stage 2 distills it 
 initialised from teacher layers 0, 2, 4 (configs/demo_distill.yaml: soft + hard labels + hidden and attention
 matches), stage 3 trains the same 3-layer student without a teacher, on the labels alone, from layers 0, 2, 4 of
 the pretrained MiniLM-L6 (configs/demo_baseline.yaml). It prints a table and
-writes OUTPUT_DIR/results.json. ``--quick`` runs a few steps on a small subset (for the tests).
+writes OUTPUT_DIR/results.json, and a picture of each stage (``brewkit plot``: OUTPUT_DIR/STAGE/run.png, with
+matplotlib installed). ``--quick`` runs a few steps on a small subset (for the tests).
 
 ``--seeds S ...`` checks that the gap is not one seed's luck: it runs stages 2 and 3 once per training seed
 (the same teacher for all: ``--teacher DIR`` reuses a fine-tuned one, otherwise stage 1 runs first), prints the
@@ -26,8 +27,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
-QUICK = ["data.max_train_examples=96", "data.max_eval_examples=64", "training.num_epochs=1",
-         "training.num_steps=null", "training.logging_steps=1"]
+QUICK = ["data.max_train_examples=96", "data.max_eval_examples=64", "training.num_train_epochs=1",
+         "training.max_steps=-1", "training.logging_steps=1"]  # the run files use TrainingArguments names
+
+
+def save_plot(run_dir: str) -> str | None:
+    """``brewkit plot run_dir``: the stage's loss terms, learning rate and evaluation as ``run_dir/run.png``;
+    None (with a note) when matplotlib is not installed."""
+    from brewkit import plot
+
+    if not plot.matplotlib_installed():
+        print(f"note: no plot of {run_dir}: matplotlib is not installed (pip install 'brewkit[plot]')", flush=True)
+        return None
+    return plot.plot_run(run_dir)
 
 
 def stage(name: str, overrides: list[str]) -> dict:
@@ -39,6 +51,7 @@ def stage(name: str, overrides: list[str]) -> dict:
     if summary.get("interrupted"):
         sys.exit(f"demo stage {name!r} interrupted at step {summary['steps']}; checkpoint in {summary['checkpoint']}")
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["plot"] = save_plot(cfg.output_dir)
     return summary
 
 
@@ -99,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, params, acc, secs in rows:
         print(f"{name:<34}{params / 1e6:>11.1f}M{acc:>10.2%}{secs:>9.0f}")
     print(f"total {results['total_seconds']:.0f} s; results in {os.path.join(out, 'results.json')}")
+    plots = [s["plot"] for s in (teacher, student, baseline) if s is not None and s.get("plot")]
+    if plots:
+        print("plots: " + ", ".join(plots))
     return results
 
 

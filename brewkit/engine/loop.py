@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..logging_utils import logger
+from . import hf_callbacks
 from . import session as sessions
 from .batches import batch_size_of
 from .micro_batch import MicroBatch
@@ -26,7 +27,7 @@ class TrainingLoop:
     def train(self, optimizer: torch.optim.Optimizer, dataloader: Iterable, num_epochs: int | None = None,
               scheduler_class: Callable | None = None, scheduler_args: dict | None = None, scheduler: Any = None,
               max_grad_norm: float = -1.0, num_steps: int | None = None, callback: Callable | None = None,
-              batch_postprocessor: Callable | None = None, **kwargs) -> None:
+              batch_postprocessor: Callable | None = None, callbacks: Any = None, **kwargs) -> None:
         """Train for ``num_epochs`` epochs, or for ``num_steps`` optimizer steps (which takes precedence).
 
         ``kwargs`` are passed to every model call. ``callback(model=student, step=global_step)`` runs after
@@ -36,13 +37,24 @@ class TrainingLoop:
         may call :meth:`request_stop` (early stopping): the run then keeps a checkpoint of that step and ends,
         with ``interrupted`` set. ``scheduler_class(optimizer=optimizer, **scheduler_args)`` builds the LR
         scheduler after the projections joined the optimizer. SIGINT / SIGTERM: see :mod:`brewkit.engine.stop`.
+
+        ``callbacks``: ``transformers.TrainerCallback`` objects (or classes), or
+        :class:`~brewkit.engine.hf_callbacks.HFCallbacks` (callbacks with the TrainingArguments values they read),
+        called as ``transformers.Trainer`` calls them (see :mod:`brewkit.engine.hf_callbacks`); ``callback`` is
+        the evaluation they see (through :meth:`log_metrics`).
         """
+        hf_callbacks.callbacks_of(callbacks)  # a wrong item is an error before anything is set up
         s = self._session = sessions.open_session(
             self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
             scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
             batch_postprocessor=batch_postprocessor, model_kwargs=kwargs)
         try:
+            hf = self._callbacks = hf_callbacks.CallbackBridge(self, s, callbacks, dataloader,
+                                                               evaluates=callback is not None,
+                                                               max_grad_norm=max_grad_norm)
+            s.checkpointer.trainer_state_fields = hf.trainer_state_fields
             with self.stop.installed():
+                hf.on_train_begin()
                 while self.global_step < s.plan.total_steps:
                     step = self.global_step + 1
                     check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
@@ -55,14 +67,17 @@ class TrainingLoop:
                     self.global_step = step
                     self.update_weights(s.plan.total_steps)
                     s.logger.step_done(skipped)
-                    if s.plan.is_logging_step(step):
-                        s.logger.log_step(step, s.cursor.pass_index, s.stepper.optimizer.param_groups[0]["lr"],
-                                          self.weights, grad_norm)
+                    hf.on_step_end(step)
+                    if s.plan.is_logging_step(step) or hf.should_log:
+                        hf.on_log(s.logger.log_step(step, s.cursor.pass_index,
+                                                    s.stepper.optimizer.param_groups[0]["lr"], self.weights,
+                                                    grad_norm))
                     if self.after_step(s, step, callback):
                         break
+                hf.on_train_end()
         finally:
             sessions.close_session(self, s)
-            self._session = None
+            self._session = self._callbacks = None
 
     def forward_backward(self, s: sessions.TrainingSession, micro: MicroBatch, n: int, step: int, check: bool,
                          finite: torch.Tensor, args: dict) -> torch.Tensor:
@@ -80,19 +95,29 @@ class TrainingLoop:
         return finite
 
     def after_step(self, s: sessions.TrainingSession, step: int, callback: Callable | None) -> bool:
-        """Checkpoint, callback and stop requests after optimizer step ``step``. Returns whether to stop."""
+        """Checkpoint, callback and stop requests after optimizer step ``step``. Returns whether to stop.
+        A ``TrainerCallback``'s ``should_save`` / ``should_evaluate`` add a checkpoint / an evaluation."""
+        hf = getattr(self, "_callbacks", None)
         stop = self.stop.agreed(s.ctx.world_size)
-        saved = s.plan.is_checkpoint_step(step) or stop
+        saved = s.plan.is_checkpoint_step(step) or stop or (hf is not None and hf.should_save)
+        path = None
         if saved:
-            sessions.save_checkpoint(self, s)
-        if callback is not None and not stop and s.plan.is_callback_step(step):
+            path = sessions.save_checkpoint(self, s)
+            if hf is not None:
+                hf.on_save(path)
+        evaluate = s.plan.is_callback_step(step) or (hf is not None and hf.should_evaluate)
+        if callback is not None and not stop and evaluate:
             logger.info("running callback at step %d", step)
             with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
                 callback(model=self.model_S, step=step)
             self.model_S.train()
+            if path is not None:  # the evaluation of this step joins the log_history of its checkpoint
+                s.checkpointer.refresh_trainer_state(path, step)
             stop = self.stop.agreed(s.ctx.world_size)  # the callback asked to stop (early stopping)
             if stop and not saved:
-                sessions.save_checkpoint(self, s)
+                path = sessions.save_checkpoint(self, s)
+                if hf is not None:
+                    hf.on_save(path)
         if stop and step < s.plan.total_steps:
             logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
             self.interrupted, self.stop_reason = True, self.stop.reason
@@ -104,10 +129,16 @@ class TrainingLoop:
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Write an evaluation record ``{"step": step, **metrics}`` through the run's step logger (metrics file
-        and TensorBoard; rank 0 only). Outside ``train()`` it is appended to ``output_dir/metrics.jsonl``."""
+        and TensorBoard; rank 0 only), and give it to the ``TrainerCallback`` objects (``on_log``,
+        ``on_evaluate``: call it on every rank under DDP). Outside ``train()`` it is appended to
+        ``output_dir/metrics.jsonl``."""
         step = self.global_step if step is None else step
         if self._session is not None:
-            self._session.logger.log_eval(step, metrics)
+            record = self._session.logger.log_eval(step, metrics)
+            hf = getattr(self, "_callbacks", None)
+            if hf is not None:  # TrainerCallbacks see it as transformers' evaluate() reports: on_log, on_evaluate
+                hf.on_log(record)
+                hf.on_evaluate(metrics, step)
         elif self.rank == 0:
             writer = MetricsWriter(self.t_config.output_dir, self.t_config.log_dir)
             writer.write({"step": step, **metrics})

@@ -4,7 +4,9 @@ Per micro-batch the logger only adds detached tensors (no device sync). On a log
 the micro-batches since the last record (and over the processes under DDP: every rank takes part, rank 0
 writes), adds the learning rate, the loss weights, the gradient norm and the throughput, and writes one record
 to ``output_dir/metrics.jsonl``, to TensorBoard when ``log_dir`` is set, to the progress bar and to the console.
-Evaluation records (:meth:`StepLogger.log_eval`) go the same way.
+Evaluation records (:meth:`StepLogger.log_eval`) go the same way. The logger keeps every record since the run's
+first step in :attr:`StepLogger.history` (a resumed run reads the earlier ones back from the metrics file), which
+``trainer_state.json`` carries as transformers' ``log_history``.
 """
 from __future__ import annotations
 
@@ -21,23 +23,29 @@ from ..logging_utils import logger
 
 class MetricsWriter:
     """Appends one JSON object per record to ``output_dir/metrics.jsonl``; mirrors scalars to TensorBoard if
-    ``log_dir`` is set (``scalar/<name>`` tags, as TextBrewer)."""
+    ``log_dir`` is set (``scalar/<name>`` tags, as TextBrewer: ``scalar/loss``, ``scalar/lr``,
+    ``scalar/grad_norm``, ``scalar/samples_per_s``, ``scalar/unweighted_kd_loss``, ``scalar/eval_accuracy``, ...,
+    at the record's ``step``). The TensorBoard writer opens on the first record."""
 
     def __init__(self, output_dir: str | None, log_dir: str | None, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(output_dir, "metrics.jsonl") if (output_dir and enabled) else None
+        self.log_dir = log_dir
         self.tb = None
+        self.summary_writer: Any = None
+        self.purge_step: int | None = None
         if enabled and log_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir)
+                self.summary_writer = SummaryWriter
             except ImportError:
                 logger.warning("log_dir is set but tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def drop_after(self, step: int) -> None:
         """Remove the records past ``step`` (a killed run wrote them; they are redone), so that each step
-        appears once. The file is replaced atomically."""
+        appears once. The file is replaced atomically; TensorBoard is told to purge its events past ``step``."""
+        self.purge_step = step + 1
         if not (self.path and os.path.exists(self.path)):
             return
         with open(self.path, encoding="utf-8") as f:
@@ -50,6 +58,21 @@ class MetricsWriter:
             f.writelines(kept)
         os.replace(tmp, self.path)
 
+    def records(self) -> list[dict]:
+        """The records in the metrics file (lines that are not records are left out)."""
+        if not (self.path and os.path.exists(self.path)):
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+                    out.append(record)
+        return out
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
@@ -57,6 +80,8 @@ class MetricsWriter:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.tb is None and self.summary_writer is not None:
+            self.tb = self.summary_writer(self.log_dir, purge_step=self.purge_step)
         if self.tb is not None:
             step = record.get("step", 0)
             for k, v in record.items():
@@ -67,6 +92,7 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def step_of(line: str) -> float:
@@ -80,11 +106,19 @@ def step_of(line: str) -> float:
 
 
 class StepLogger:
+    """Averages, writes and keeps the records of a run (see the module docstring).
+
+    ``history``: every record written since the run's first step, training and evaluation ones in the order they
+    were written (for a resumed run, the metrics file's records up to ``start_step`` first). On ranks other than
+    0, which write no file, it holds the records of this ``train()`` call.
+    """
+
     def __init__(self, writer: MetricsWriter, *, total_steps: int, start_step: int, is_main: bool,
                  mean_over_ranks: Any = None, world_size: int = 1, progress_bar: bool | None = None,
                  desc: str = "distilling"):
         self.writer, self.total_steps = writer, total_steps
         self.mean_over_ranks, self.world_size = mean_over_ranks, world_size
+        self.history: list[dict] = [r for r in writer.records() if r["step"] <= start_step] if start_step else []
         self.sums: dict[str, torch.Tensor] = {}
         self.micro, self.samples, self.skipped = 0, 0, 0
         self.t_last = time.perf_counter()
@@ -125,6 +159,7 @@ class StepLogger:
         if self.skipped:
             record["skipped_steps"] = self.skipped
         self.writer.write(record)
+        self.history.append(record)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}")
         logger.info("step %d/%d %s", step, self.total_steps,
@@ -136,6 +171,7 @@ class StepLogger:
         """An evaluation record: ``{"step": step, **metrics}``, through the same writer (file and TensorBoard)."""
         record = {"step": step, **metrics}
         self.writer.write(record)
+        self.history.append(record)
         logger.info("eval at step %d: %s", step, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in metrics.items()))
         return record
