@@ -117,3 +117,21 @@ def test_bench_runs_every_loop_and_reports_ratios(tmp_path, capsys):
                                                               report["hand"]["median_s"])
     out = capsys.readouterr().out
     assert json.loads(out[out.index('{\n  "workload"'):]) == report
+
+
+@pytest.mark.slow
+def test_bench_vocab_runs_each_form_of_a_divergence_at_small_sizes(capsys):
+    """scripts/bench_vocab.py end to end (one fresh process per form), small enough for a test."""
+    report = _script("bench_vocab").main(["--rows", "256", "--classes", "600", "--hidden", "8", "--kinds", "jsd",
+                                          "--threads", "1", "--json"])
+    assert (report["rows"], report["classes"]) == (256, 600)
+    by = {(r["kind"], r["method"]): r for r in report["results"]}
+    assert set(by) == {("jsd", m) for m in ("plain", "chunked", "plain_linear", "fused")}
+    assert by["jsd", "chunked"]["loss"] == pytest.approx(by["jsd", "plain"]["loss"], rel=1e-5)
+    assert by["jsd", "fused"]["loss"] == pytest.approx(by["jsd", "plain_linear"]["loss"], rel=1e-5)
+    for r in report["results"]:
+        assert r["peak_mib"] >= 0 and r["seconds"] > 0
+        assert r["ratio_to_plain"] == pytest.approx(r["peak_mib"] / by["jsd", "plain"]["peak_mib"])
+    assert report["machine"]["cpu"] and isinstance(report["machine"]["bf16_flags"], list)
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):]) == report
