@@ -215,6 +215,9 @@ def test_sigkill_at_arbitrary_times(tmp_path, reference, delay):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.join(10)
+        if proc.is_alive():  # the wait failed: never leave a worker behind (it would hold pytest's pipes)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
     latest = latest_checkpoint(str(out))
     step = load_state(latest)["trainer_state"]["global_step"]
     assert latest.endswith(f"checkpoint-{step}") and 2 <= step < N

@@ -4,9 +4,20 @@ import json
 import os
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The scripts set torch's thread count for the whole process (bench and bench_data default to 2): the tests
+    pass --threads 1 and restore the count, so later tests keep conftest's single thread (a forked crash-test
+    worker deadlocks in an OpenMP pool its parent started)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _script(name):
@@ -93,7 +104,7 @@ def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
     out, _ = quick_demo
     rows = _script("bench_data").main([
         "--teacher", str(out / "teacher" / "final"), "--steps", "3", "--out", str(tmp_path), "--json",
-        "--set", "data.max_train_examples=96", "data.max_eval_examples=32"])
+        "--threads", "1", "--set", "data.max_train_examples=96", "data.max_eval_examples=32"])
     by = {r["mode"]: r for r in rows}
     assert list(by) == ["fixed", "dynamic", "grouped"]
     assert by["fixed"]["mean_batch_length"] == 64  # every training batch padded to max_length
@@ -108,7 +119,7 @@ def test_bench_data_compares_the_three_batchings(quick_demo, tmp_path):
 @pytest.mark.slow
 def test_bench_runs_every_loop_and_reports_ratios(tmp_path, capsys):
     report = _script("bench").main(["--cache", "--student-own", "--steps", "3", "--rounds", "1", "--batches", "2",
-                                    "--out", str(tmp_path), "--json"])
+                                    "--threads", "1", "--out", str(tmp_path), "--json"])
     assert set(report) >= {"brewkit", "hand", "student_own", "ratio_brewkit_over_hand",
                            "ratio_brewkit_over_student_own"}
     for loop in ("brewkit", "hand", "student_own"):
