@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from typing import Any
 
 from .errors import BrewkitError
 
@@ -73,6 +74,16 @@ def series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
 def plot_run(run_dir: str, out: str | None = None) -> str:
     """Draw ``run_dir``'s loss terms, learning rate and evaluation metrics against the step into ``out``
     (default ``run_dir/run.png``); returns the path written."""
+    fig = figure(run_dir)
+    out = out or os.path.join(run_dir, DEFAULT_NAME)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def figure(run_dir: str) -> Any:
+    """The ``matplotlib.figure.Figure`` of :func:`plot_run`: axes 0 the loss curves (``loss`` first, then the
+    terms, in :func:`loss_keys` order), 1 the learning rate, 2 the ``eval_*`` curves (sorted by name)."""
     if not matplotlib_installed():
         raise PlotError("brewkit plot needs matplotlib: pip install 'brewkit[plot]' (or pip install matplotlib)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,7 +91,6 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     train, evals = read_records(run_dir)
-    out = out or os.path.join(run_dir, DEFAULT_NAME)
     fig = Figure(figsize=(10, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_loss, ax_lr, ax_eval = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.4])
@@ -132,6 +142,4 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
         ax.grid(True, alpha=0.3)
         for step in boundaries:
             ax.axvline(step, color="grey", linestyle=":", linewidth=0.8)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return fig

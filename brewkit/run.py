@@ -218,6 +218,7 @@ def train_run(run: RunConfig) -> dict:
 
 def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: bool, t0: float) -> dict:
     b = build(run)
+    callbacks = run_callbacks(run, b.eval_loader)  # before anything is written: early stopping needs an eval split
     main = b.rank == 0
     resolved, digests = resolved_run_file(run, b), data_digests(run)
     if resuming:
@@ -251,7 +252,7 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
     keep_index = b.distill_config is not None and b.distill_config.teacher_cache != "none"  # the engine takes it
     b.distiller.train(b.optimizer, b.train_loader, num_epochs=o.num_epochs, num_steps=o.num_steps,
                       scheduler_class=b.scheduler_class, scheduler_args=b.scheduler_args,
-                      max_grad_norm=o.max_grad_norm, callback=callback, callbacks=run_callbacks(run, b.eval_loader),
+                      max_grad_norm=o.max_grad_norm, callback=callback, callbacks=callbacks,
                       batch_postprocessor=None if keep_index else drop_example_index)
     steps = b.distiller.global_step
     from .engine.hf_callbacks import TRAINING_STOP

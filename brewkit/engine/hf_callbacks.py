@@ -101,6 +101,12 @@ def callbacks_of(callbacks: Any) -> tuple[list, dict]:
     return out, args
 
 
+def checked(callbacks: Any) -> HFCallbacks:
+    """``train()``'s ``callbacks`` as :class:`HFCallbacks` of instances (:func:`callbacks_of`), checked once."""
+    items, args = callbacks_of(callbacks)
+    return HFCallbacks(items, **args)
+
+
 def hf_log_entry(record: dict, epoch: float | None) -> dict:
     """A brewkit record as a ``log_history`` entry: ``lr`` is ``learning_rate``, ``epoch`` the fraction of epochs
     done (when known; brewkit's record has the pass index)."""
@@ -185,7 +191,7 @@ class CallbackBridge:
 
     def epoch_at(self, step: int) -> float | None:
         """Epochs done after optimizer step ``step`` (``Trainer``'s ``state.epoch``), when the length is known."""
-        return round(step / self.steps_per_epoch, 4) if self.steps_per_epoch else None
+        return step / self.steps_per_epoch if self.steps_per_epoch else None
 
     def sync_history(self) -> None:
         """Bring ``state.log_history`` up to the step logger's history (records are only ever appended)."""

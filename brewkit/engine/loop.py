@@ -43,7 +43,7 @@ class TrainingLoop:
         called as ``transformers.Trainer`` calls them (see :mod:`brewkit.engine.hf_callbacks`); ``callback`` is
         the evaluation they see (through :meth:`log_metrics`).
         """
-        hf_callbacks.callbacks_of(callbacks)  # a wrong item is an error before anything is set up
+        callbacks = hf_callbacks.checked(callbacks)  # a wrong item is an error before anything is set up
         s = self._session = sessions.open_session(
             self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
             scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
