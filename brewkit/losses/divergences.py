@@ -37,6 +37,12 @@ not count) keep. When no row counts the loss is a defined 0 (gradient 0), never 
 for the ``N`` rows flattened, or ``(M,)`` for the ``M`` counted rows). ``temperature_squared=True`` multiplies
 each row's loss by its tau^2 (off by default).
 
+Soft-capping: ``softcap`` caps every logits tensor the loss is given or computes, so give it *raw* logits. A
+model whose config has ``final_logit_softcapping`` (Gemma-2) already caps the logits its ``forward`` returns:
+on those use ``softcap=None`` (capping twice, ``c tanh(tanh(z / c))``, is a different objective). The fused
+form computes logits from hidden states itself, which is where the model's cap must be passed; give the
+teacher there as ``hidden_T`` + ``weight_T`` too, or as raw logits.
+
 Precision: the math runs in float32 (float64 for float64 inputs) whatever the input dtype. Mixtures ``m`` are
 formed from probabilities and logged where positive, as DistiLLM does. ``reverse_kl`` (and ``jsd`` at beta = 1)
 is +inf where the teacher gives a class probability 0 (a ``-inf`` teacher logit) and the student does not:
@@ -129,6 +135,11 @@ DIVERGENCE_PARAMS: dict[str, dict[str, LossParam]] = {
     "tvd": {},
 }
 DIVERGENCE_KINDS = tuple(DIVERGENCE_PARAMS)
+#: About how many float32 ``(rows, C)`` tensors a chunk of each kind holds at its peak (the backward's
+#: recomputation under autograd; measured with ``scripts/bench_vocab.py``). The chunked and fused forms size
+#: their default chunks with it, so that every kind has about the same working set.
+CHUNK_TEMPORARIES: dict[str, int] = {"ce": 4, "kl": 8, "reverse_kl": 8, "jsd": 13, "skew_kl": 12,
+                                     "skew_reverse_kl": 11, "tvd": 5}
 #: The forms a KD entry can be computed in (``DistillationConfig.kd_implementation``).
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
 
@@ -407,9 +418,13 @@ def kd_loss_implementation(name: str, implementation: str = "plain") -> Callable
       and output-layer weight instead of its logits (for a causal LM: the last hidden state and the LM head).
 
     ``params`` are the entry's ``kd_loss_args`` plus ``temperature_squared``, ``softcap``, ``labels`` and
-    ``ignore_index``. Chunked and fused exist for the entries whose registry metadata names a divergence
-    ``kind`` (``ce``, ``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl``, ``tvd`` and the
-    ``chunked_*`` aliases); any other combination, an unknown name or an unknown form is a ConfigError.
+    ``ignore_index``. ``softcap`` caps every logits tensor the loss sees or makes (module docstring): pass the
+    model config's ``final_logit_softcapping`` with the fused form (whose logits the model's forward never
+    capped), and None with logits a model's forward returned (already capped).
+
+    Chunked and fused exist for the entries whose registry metadata names a divergence ``kind`` (``ce``,
+    ``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl``, ``tvd`` and the ``chunked_*`` aliases);
+    any other combination, an unknown name or an unknown form is a ConfigError.
     """
     # deferred: brewkit.presets imports brewkit.losses
     from ..presets import KD_LOSS_MAP

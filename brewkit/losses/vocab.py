@@ -49,12 +49,13 @@ from .checks import (
     row_temperature,
     shape_of,
 )
-from .divergences import check_kind, divergence_per_row, resolve_params
+from .divergences import CHUNK_TEMPORARIES, check_kind, divergence_per_row, resolve_params
 
-#: Default chunks: about this many elements per (rows x classes) float32 temporary: 16 MiB for chunked_kd_loss,
-#: 64 MiB for fused_linear_kd_loss, whose matmuls run markedly faster on taller chunks.
-_CHUNK_ELEMENTS = 1 << 22
-_FUSED_CHUNK_ELEMENTS = 1 << 24
+#: Default chunks: about this many float32 elements in all of a chunk's (rows x classes) temporaries together
+#: (divergences.CHUNK_TEMPORARIES of them): 64 MiB for chunked_kd_loss, 256 MiB for fused_linear_kd_loss, whose
+#: matmuls run markedly faster on taller chunks. For ``ce`` that is 16 MiB / 64 MiB per temporary.
+_CHUNK_ELEMENTS = 1 << 24
+_FUSED_CHUNK_ELEMENTS = 1 << 26
 
 
 # -- argument checks -----------------------------------------------------------------------------------------
@@ -68,8 +69,11 @@ def _check_options(kind: object, chunk_size: object, temperature_squared: object
         raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
 
 
-def _auto_chunk(chunk_size: int | None, n_classes: int, elements: int) -> int:
-    return chunk_size if chunk_size is not None else max(1, elements // max(n_classes, 1))
+def _auto_chunk(chunk_size: int | None, n_classes: int, elements: int, kind: str) -> int:
+    """``chunk_size``, or the rows whose temporaries of divergence ``kind`` hold about ``elements`` floats."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, elements // (max(n_classes, 1) * CHUNK_TEMPORARIES[kind]))
 
 
 class _Options:
@@ -235,9 +239,10 @@ def chunked_kd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature:
     (None: its default); giving one a kind does not take is an error. ``softcap``: see the module docstring.
 
     Value and gradients equal the plain loss of the same kind on the counted rows (``loss = mean_r
-    rowloss_r``), but no float32 ``(N, C)`` tensor is kept: each chunk of ``chunk_size`` rows (default: 4M
-    elements' worth, 16 MiB in float32) is upcast, used and dropped, in forward and again in backward. With no
-    counted row the loss is 0 and so are the gradients.
+    rowloss_r``), but no float32 ``(N, C)`` tensor is kept: each chunk of ``chunk_size`` rows is upcast, used
+    and dropped, in forward and again in backward. The default chunk keeps the chunk's temporaries near 64 MiB
+    together (``ce``: 16 MiB of logits per chunk; the heavier divergences take fewer rows). With no counted
+    row the loss is 0 and so are the gradients.
     """
     _check_options(kind, chunk_size, temperature_squared)
     params = resolve_params(kind, {"beta": beta, "alpha": alpha})
@@ -255,8 +260,8 @@ def chunked_kd_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature:
     rows, n_rows, tau = _counted(mask, labels, ignore_index, lead, temperature,
                                  logits_S.new_empty((), dtype=dtype))
     zS, zT = logits_S.reshape(-1, n_classes), logits_T.reshape(-1, n_classes)
-    opts = _Options(kind, params, softcap, temperature_squared, _auto_chunk(chunk_size, n_classes, _CHUNK_ELEMENTS),
-                    n_rows, dtype)
+    opts = _Options(kind, params, softcap, temperature_squared,
+                    _auto_chunk(chunk_size, n_classes, _CHUNK_ELEMENTS, kind), n_rows, dtype)
     with torch.autocast(logits_S.device.type, enabled=False):
         return _ChunkedKD.apply(opts, rows, tau, zS, None, None, None, zT, None, None, None)
 
@@ -280,11 +285,13 @@ def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_
     ``(C, D_T)`` and optional ``bias_T`` ``(C,)``. ``mask``, ``labels``, ``ignore_index``, ``temperature``,
     ``kind``, ``beta``, ``alpha``, ``softcap`` and ``temperature_squared`` are as in :func:`chunked_kd_loss`
     (``mask`` / ``labels`` have the leading shape of ``hidden_S``); ``chunk_size`` (rows per chunk) defaults to
-    16M elements' worth (64 MiB of float32 logits).
+    a working set near 256 MiB (``ce``: 64 MiB of float32 logits per chunk; heavier divergences fewer rows).
 
     Each chunk's logits ``hidden @ weight^T + bias`` are computed in the inputs' dtype (in the autocast dtype
     under autocast, as the model's own output layer would be), upcast, soft-capped when ``softcap`` is given,
-    and used for the losses; the hidden-state gradient is computed in that dtype too. The weight and bias
+    and used for the losses; the hidden-state gradient is computed in that dtype too. ``softcap`` caps
+    ``logits_T`` as well, so give the teacher raw logits (or hidden + weight) with it: a Gemma-2 forward's
+    logits are capped already and would be capped twice. The weight and bias
     gradients are computed and summed over chunks in float32 (float64 for float64 inputs) and returned in
     the weight's dtype.
     """
@@ -333,7 +340,7 @@ def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_
     rows, n_rows, tau = _counted(mask, labels, ignore_index, lead, temperature,
                                  hidden_S.new_empty((), dtype=dtype))
     opts = _Options(kind, params, softcap, temperature_squared,
-                    _auto_chunk(chunk_size, n_classes, _FUSED_CHUNK_ELEMENTS), n_rows, dtype)
+                    _auto_chunk(chunk_size, n_classes, _FUSED_CHUNK_ELEMENTS, kind), n_rows, dtype)
     with torch.autocast(device_type, enabled=False):
         return _ChunkedKD.apply(opts, rows, tau, None, _flat(hidden_S), weight_S, bias_S,
                                 _flat(logits_T), _flat(hidden_T), weight_T, bias_T)
