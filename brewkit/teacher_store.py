@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from .adaptors import AttentionProbs
 from .engine.batches import find_mask
 from .errors import CheckpointError, ConfigError
+from .losses.sparse import TopKTeacher
 from .validation import check_choice
 
 FORMAT = 1
@@ -354,22 +355,31 @@ class DiskTeacherStore(TeacherStore):
     def _data_path(self, seg: int) -> str:
         return os.path.join(self.directory, f"data-rank{seg}.bin")
 
-    def _append(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
-        if self._writer is None:
-            path = self._data_path(self.rank)
-            end = self._sizes.get(self.rank, 0)
-            with open(path, "ab"):
-                pass
-            os.truncate(path, end * self.itemsize)  # drop what a killed run wrote after its last flushed index
-            self._writer = open(path, "ab")  # noqa: SIM115 -- appended to until close()
-            self._own = [(kk, *e[1:]) for kk, e in self._entries.items() if e[0] == self.rank]
+    def _open_writer(self) -> None:
+        """Open this rank's data file for appending, cut back to its last flushed index first."""
+        if self._writer is not None:
+            return
+        path = self._data_path(self.rank)
+        end = self._sizes.get(self.rank, 0)
+        with open(path, "ab"):
+            pass
+        os.truncate(path, end * self.itemsize)  # drop what a killed run wrote after its last flushed index
+        self._writer = open(path, "ab")  # noqa: SIM115 -- appended to until close()
+        self._own = [(kk, *e[1:]) for kk, e in self._entries.items() if e[0] == self.rank]
+
+    def _append_bytes(self, k: int, h: int, n: int, data: bytes, items: int) -> None:
+        """Append one example's ``data`` (``items`` units of ``itemsize`` bytes) and index it."""
+        self._open_writer()
         offset = self._sizes.get(self.rank, 0)
-        for t in row:
-            self._writer.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        self._sizes[self.rank] = offset + sum(t.numel() for t in row)
+        self._writer.write(data)
+        self._sizes[self.rank] = offset + items
         self._entries[k] = (self.rank, offset, n, h)
         self._own.append((k, offset, n, h))
         self._segments[self.rank] = None
+
+    def _append(self, k: int, h: int, n: int, row: list[torch.Tensor]) -> None:
+        data = b"".join(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in row)
+        self._append_bytes(k, h, n, data, sum(t.numel() for t in row))
 
     def flush(self) -> None:
         """Make everything written so far durable and visible: data fsynced, index replaced atomically."""
@@ -416,6 +426,192 @@ class DiskTeacherStore(TeacherStore):
             row.append(torch.from_numpy(np.array(mm[pos:pos + size])).view(self.dtype).reshape(full))
             pos += size
         return row
+
+
+class CapturedTeacherStore(DiskTeacherStore):
+    """A store captured before training (``brewkit capture``, :mod:`brewkit.offline_store`) and read by a run with
+    no teacher model: the same directory layout, index files, flush and truncation rules as
+    :class:`DiskTeacherStore`, with a fixed-size *record* per stored position in place of the dense template.
+
+    ``manifest.json`` says what a record is (``kind``):
+
+    * ``topk`` (token-level tasks): one record per counted position, ``ids`` (``k`` token ids, uint16 when the
+      vocabulary has at most 65,536 ids, else int32), ``logp`` (their log-probabilities at the capture
+      temperature, in the store ``dtype``) and ``log_tail`` (log of the probability outside those ids);
+      ``length`` in the index is the example's number of counted positions ``M``.
+    * ``logits`` (sequence classification): one record per example, its full ``(C,)`` logits.
+
+    ``get`` rebuilds a batch's teacher results from the records in the batch's row order: ``{"logits":
+    [TopKTeacher]}`` (the counted positions of every row, concatenated as ``logits[mask]`` orders them) or
+    ``{"logits": [(B, C) tensor]}``. Every example must be in the store (a missing one is a CheckpointError), and
+    its token hash must match. With ``positions`` set (the task's ``(B, L)`` mask function), each row's number of
+    counted positions is checked against the store's too. ``put`` is refused: records are written by
+    :meth:`add` during a capture (``writable=True``).
+    """
+
+    mode = "captured"
+
+    def __init__(self, directory: str, manifest: dict | None = None, rank: int = 0, writable: bool = False):
+        path = os.path.join(directory, MANIFEST)
+        if manifest is None:
+            manifest = read_manifest(directory)
+        elif os.path.exists(path):
+            manifest = read_manifest(directory)  # resuming a capture: the caller compared the fingerprints
+        self.manifest = manifest
+        self.kind = manifest["kind"]
+        self.writable = writable
+        self.positions: Any = None
+        self.record = record_dtype(manifest)
+        super().__init__(manifest["digest"], "float32", directory, rank)
+        self.itemsize = self.record.itemsize  # sizes and offsets count records
+
+    def _open_directory(self) -> None:
+        d = self.directory
+        path = os.path.join(d, MANIFEST)
+        if self.writable:
+            os.makedirs(d, exist_ok=True)
+            if not os.path.exists(path):
+                _write_json(path, self.manifest)  # under DDP every rank may write it: the same content
+        elif not os.path.exists(path):
+            raise ConfigError(f"{d} holds no captured teacher store ({MANIFEST}); write one with brewkit capture",
+                              "teacher.store")
+        self._meta = self.manifest
+        self.refresh()
+
+    # -- writing (capture) --------------------------------------------------------------------------------
+    def add(self, k: int, h: int, records: np.ndarray) -> None:
+        """Store example ``k`` (token hash ``h``): ``records`` is a 1-D array of :attr:`record` (one per counted
+        position, or one for a classification example)."""
+        if not self.writable:
+            raise CheckpointError(f"the teacher store in {self.directory} is read-only here")
+        if k in self:
+            return
+        records = np.ascontiguousarray(records, dtype=self.record)
+        self._append_bytes(k, h, len(records), records.tobytes(), len(records))
+
+    def put(self, idx: torch.Tensor, batch_T: Any, results: Mapping) -> None:
+        raise CheckpointError(f"the captured teacher store in {self.directory} is read-only during training; "
+                              "write it with brewkit capture")
+
+    def mark_complete(self, examples: int) -> None:
+        """Record in the manifest that all ``examples`` training examples are stored (rank 0, after a barrier)."""
+        self.manifest = {**self.manifest, "complete": True, "examples": examples,
+                         "positions": int(sum(e[2] for e in self.entries()))}
+        self._meta = self.manifest
+        _write_json(os.path.join(self.directory, MANIFEST), self.manifest)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _read(self, entry: tuple) -> np.ndarray:
+        seg, offset, n, _ = entry
+        mm = self._segments.get(seg)
+        if mm is None:
+            if self._writer is not None and seg == self.rank:
+                self._writer.flush()
+            mm = np.memmap(self._data_path(seg), dtype=self.record, mode="r", shape=(self._sizes[seg],)) \
+                if self._sizes[seg] else np.zeros(0, dtype=self.record)
+            self._segments[seg] = mm
+        return mm[offset:offset + n]
+
+    def _row(self, k: int) -> np.ndarray:
+        return self._read(self._entries[k])
+
+    def get(self, idx: torch.Tensor, batch_T: Any) -> dict:
+        keys = _index_list(idx)
+        missing = [k for k in keys if k not in self]
+        if missing:
+            raise CheckpointError(f"example idx={missing[0]} is not in the teacher store {self.directory} (it holds "
+                                  f"{len(self)} examples); the store was captured for other data, or the capture "
+                                  "did not finish: run brewkit capture again")
+        mask, ids = _mask_and_ids(batch_T)
+        hashes = token_hashes(ids, mask) if ids is not None else [None] * len(keys)
+        for k, h in zip(keys, hashes):
+            if h is not None and self._hash_of(k) != h:
+                raise CheckpointError(f"example idx={k}: its tokens differ from the ones the teacher store "
+                                      f"{self.directory} was captured from; the data changed since: capture again")
+        rows = [self._row(k) for k in keys]
+        self.hits += 1
+        if self.kind == "logits":
+            logits = np.concatenate(rows)["logits"]
+            return {"logits": [field_tensor(logits, self.manifest["dtype"]).float()]}
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        if self.positions is not None and isinstance(batch_T, Mapping):
+            expected = self.positions(batch_T).sum(-1).cpu()
+            bad = (expected != counts).nonzero().flatten().tolist()
+            if bad:
+                b = bad[0]
+                raise CheckpointError(f"example idx={keys[b]}: this run counts {int(expected[b])} positions but the "
+                                      f"teacher store holds {int(counts[b])}; the positions counted changed since the "
+                                      "capture (task or data settings): capture again")
+        records = np.concatenate(rows) if rows else np.zeros(0, dtype=self.record)
+        return {"logits": [TopKTeacher(
+            ids=torch.from_numpy(records["ids"].astype(np.int64)).reshape(-1, self.manifest["k"]),
+            logp=field_tensor(records["logp"], self.manifest["dtype"]).float().reshape(-1, self.manifest["k"]),
+            log_tail=field_tensor(records["log_tail"], self.manifest["dtype"]).float().reshape(-1),
+            temperature=float(self.manifest["temperature"]), vocab=int(self.manifest["vocab"]), counts=counts)]}
+
+    def entries(self) -> list[tuple[int, int, int, int]]:
+        """``(segment, offset, length, token hash)`` of every stored example (length: its records)."""
+        return list(self._entries.values())
+
+    def stored_bytes(self) -> int:
+        """Bytes on disk: the data files, the index files and the manifest."""
+        return sum(os.path.getsize(p) for p in glob.glob(os.path.join(self.directory, "*"))
+                   if os.path.isfile(p))
+
+
+MANIFEST = "manifest.json"
+#: ``manifest.json``'s ``format``.
+CAPTURED_FORMAT = "brewkit-captured-teacher-store/1"
+#: numpy field type of a stored value per ``dtype`` (bfloat16 as its bits: numpy has no bfloat16).
+_VALUE_FIELDS = {"float16": "<f2", "float32": "<f4", "bfloat16": "<u2"}
+
+
+def ids_dtype(vocab: int) -> str:
+    """The id type of a top-k store over ``vocab`` ids: uint16 for at most 65,536 ids, else int32."""
+    return "uint16" if vocab <= 65536 else "int32"
+
+
+def record_dtype(manifest: Mapping) -> np.dtype:
+    """The numpy record of a captured store (see :class:`CapturedTeacherStore`)."""
+    value = _VALUE_FIELDS[manifest["dtype"]]
+    if manifest["kind"] == "logits":
+        return np.dtype([("logits", value, (int(manifest["classes"]),))])
+    k = int(manifest["k"])
+    return np.dtype([("ids", "<u2" if manifest["ids_dtype"] == "uint16" else "<i4", (k,)),
+                     ("logp", value, (k,)), ("log_tail", value)])
+
+
+def field_tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
+    """A stored value field as a torch tensor of its ``dtype`` (a copy: memory maps are read-only)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.array(values).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.array(values))
+
+
+def value_array(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """A float tensor in the store ``dtype``, as the numpy array a record field takes."""
+    t = t.detach().to("cpu", getattr(torch, dtype)).contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else t.numpy()
+
+
+def read_manifest(directory: str) -> dict:
+    """``manifest.json`` of a captured store; a missing, unreadable or foreign one is a ConfigError at
+    ``teacher.store``."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{directory} holds no captured teacher store (no {MANIFEST}); write one with brewkit "
+                          "capture RUN.yaml --out DIR", "teacher.store")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}); capture the store again",
+                          "teacher.store") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CAPTURED_FORMAT:
+        raise ConfigError(f"{path} is not a brewkit teacher store manifest (format "
+                          f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, expected "
+                          f"{CAPTURED_FORMAT!r})", "teacher.store")
+    return manifest
 
 
 def open_store(mode: str, fingerprint: str, dtype: str = "float32", directory: str | None = None,

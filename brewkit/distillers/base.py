@@ -19,15 +19,16 @@ from ..adaptors import AttentionProbs, hf_adaptor, normalize_output, validate_ou
 from ..checkpoint import unwrap
 from ..configs import DistillationConfig, TrainingConfig
 from ..engine import session as sessions
-from ..engine.batches import call_model, find_mask, move_to_device
+from ..engine.batches import call_model, find_mask, move_to_device, split_batch, split_example_index
 from ..engine.cursor import LoaderCursor, MappedLoader, RecordedCursor, loader_shuffles
 from ..engine.loop import TrainingLoop
 from ..engine.micro_batch import MicroBatch, scale_of
 from ..engine.stop import StopSignal
 from ..errors import AdaptorError, ConfigError
 from ..logging_utils import ensure_default_handler, logger
+from ..losses.sparse import TopKTeacher, sparse_form, sparse_kd_loss
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP
-from ..teacher_store import TeacherStore, open_store
+from ..teacher_store import CapturedTeacherStore, TeacherStore, open_store
 from ..teacher_store import fingerprint as store_fingerprint
 from .logits import probability_shift_, select_logits_with_mask
 
@@ -119,7 +120,7 @@ class AbstractDistiller(TrainingLoop):
     def teachers(self) -> list[nn.Module]:
         """Every teacher module (a single model, a list or a dict of them)."""
         t = self.model_T
-        if t is None:
+        if t is None or isinstance(t, TeacherStore):  # a captured store stands in for the teacher: no model
             return []
         if isinstance(t, nn.Module):
             return [t]
@@ -208,8 +209,10 @@ class AbstractDistiller(TrainingLoop):
             return [type(unwrap(m)).__name__, sum(p.numel() for p in m.parameters())]
 
         dc = self.d_config.to_dict() if self.d_config else None
-        return {"distiller": type(self).__name__, "student": describe(self.model_S),
-                "teachers": [describe(t) for t in self.teachers()],
+        teachers = [describe(t) for t in self.teachers()]
+        if isinstance(self.model_T, TeacherStore):
+            teachers = [["teacher store", self.model_T.fingerprint]]
+        return {"distiller": type(self).__name__, "student": describe(self.model_S), "teachers": teachers,
                 "distillation_config": {k: v for k, v in dc.items() if not k.startswith("teacher_cache")}
                 if dc is not None else None}  # how the teacher is cached does not change what a run trains
 
@@ -287,6 +290,12 @@ class AbstractDistiller(TrainingLoop):
         it (else the teacher runs and the batch's new examples are stored)."""
         store = self._session.store if self._session is not None else None
         task = micro.task if micro is not None else None
+        if isinstance(self.model_T, TeacherStore) and precomputed is None:  # a captured store: no teacher model
+            if micro is None or micro.example_index is None:
+                raise ConfigError("the teacher is a captured store, which serves examples by index: batches need "
+                                  "'idx' and train_on_batch needs the micro-batch (brewkit's loaders and loop pass "
+                                  "both)", "model_T")
+            store = self.model_T
         if store is None or precomputed is not None or micro is None:
             return self.teacher_side(batch_T, precomputed, args, task)
         keys = micro.teacher_keys if micro.teacher_keys is not None else batch_T
@@ -316,8 +325,13 @@ class AbstractDistiller(TrainingLoop):
         """Prepare the models and compute the loss of one batch without gradients (``brewkit validate``); the
         first-batch checks run and raise as they would in ``train()``."""
         self.prepare_models()
+        batch, index = split_example_index(batch)
         try:
             with torch.no_grad():
+                if isinstance(self.model_T, TeacherStore):  # served by example index: give it the micro-batch
+                    on_device = move_to_device(batch, self.device)
+                    micro = MicroBatch(on_device, index, split_batch(batch)[0])
+                    return self.train_on_batch(on_device, dict(model_kwargs or {}), micro)
                 return self.train_on_batch(move_to_device(batch, self.device), dict(model_kwargs or {}))
         finally:
             self.restore_teacher_flags()
@@ -358,6 +372,10 @@ class AbstractDistiller(TrainingLoop):
         if d.textbrewer_numerics == "0.2.1":
             pairs = pairs[-1:]  # TextBrewer 0.2.1 overwrote the sum in its loop: only the last pair counted
         for k, (zs, zt) in pairs:
+            if isinstance(zt, TopKTeacher):  # from a captured top-k store: the sparse form of the loss
+                total = total + self.sparse_kd(zs, zt) * scale_of(micro, denominators[k])
+                tau = d.temperature
+                continue
             if d.probability_shift:
                 if not labels:
                     raise AdaptorError("probability_shift needs 'labels' from adaptor_S")
@@ -376,6 +394,14 @@ class AbstractDistiller(TrainingLoop):
             total = total + loss * scale_of(micro, denominators[k])
         return total, tau
 
+    def sparse_kd(self, logits_S: torch.Tensor, teacher: TopKTeacher) -> torch.Tensor:
+        """KD of ``(M, V)`` student logits against a top-k store's positions
+        (:func:`brewkit.losses.sparse.sparse_kd_loss` of ``kd_loss_type``'s divergence, at ``temperature``)."""
+        d = self.d_config
+        kind = sparse_form(KD_LOSS_MAP.meta(d.kd_loss_type).get("kind"), d.kd_loss_type)
+        return sparse_kd_loss(kind, logits_S, teacher.to(logits_S.device, non_blocking=True), d.temperature,
+                              temperature_squared=bool(d.kd_temperature_squared), **self.kd_loss_args)
+
     @staticmethod
     def hard_label_term(results_S: dict) -> torch.Tensor | None:
         """sum_j mean(losses_j) of the student adaptor's ``losses`` (None when it returned none)."""
@@ -388,6 +414,14 @@ class AbstractDistiller(TrainingLoop):
     def open_teacher_store(self) -> TeacherStore | None:
         """The per-example teacher store of ``DistillationConfig.teacher_cache`` (None when it is off)."""
         d = self.d_config
+        if isinstance(self.model_T, TeacherStore):  # the teacher is a captured store (brewkit.offline_store)
+            from ..offline_store import check_distillation
+
+            if not isinstance(self.model_T, CapturedTeacherStore):
+                raise ConfigError("a teacher store in place of the teacher must be a CapturedTeacherStore "
+                                  "(brewkit capture writes one)", "model_T")
+            check_distillation(d, self.model_T.manifest, prefix="")
+            return self.model_T
         if d is None or d.teacher_cache == "none":
             return None
         if not self.has_teacher:

@@ -10,6 +10,7 @@ from ..engine.batches import detach_to_cpu, move_to_device, split_batch
 from ..engine.cursor import LoaderCursor
 from ..engine.micro_batch import MicroBatch, scale_of
 from ..errors import AdaptorError, ConfigError
+from ..teacher_store import TeacherStore
 from .base import AbstractDistiller, CachedTeacherResults, check_model
 
 
@@ -58,6 +59,8 @@ class BasicDistiller(AbstractDistiller):
         self._check_teachers()
 
     def _check_teachers(self) -> None:
+        if isinstance(self.model_T, TeacherStore):  # a captured store serves the teacher side (no model)
+            return
         check_model(self.model_T, "model_T")
 
     # -- teacher side -----------------------------------------------------------------------------------
