@@ -580,3 +580,26 @@ def test_bad_arguments():
     h, w = torch.randn(2, 3, 4), torch.randn(5, 4)
     _raises("labels", lambda: fused_linear_kd_loss(h, w, zt, kind="jsd", labels=torch.zeros(3, 2, dtype=torch.long)))
     _raises("beta", lambda: fused_linear_kd_loss(h, w, zt, kind="jsd", beta=-1))
+
+
+# -- from YAML -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name, args", [("kl", None), ("reverse_kl", None), ("jsd", {"beta": 0.3}),
+                                        ("skew_kl", {"alpha": 0.2}), ("skew_reverse_kl", {"alpha": 0.2}),
+                                        ("tvd", None)])
+def test_a_yaml_run_of_each_divergence_trains(assets, tmp_path, name, args):
+    import json
+
+    import yaml
+    from helpers import run_dict, write_run
+
+    from brewkit.cli import main
+
+    d = run_dict(assets, tmp_path / "out")
+    d["distillation"].update({"kd_loss_type": name, "hard_label_weight": 0, "kd_loss_args": args})
+    assert main(["train", write_run(tmp_path / "run.yaml", d)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    kd = [r["unweighted_kd_loss"] for r in records if "unweighted_kd_loss" in r]
+    assert kd and all(math.isfinite(v) and v >= 0 for v in kd)
+    resolved = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())["distillation"]
+    assert resolved["kd_loss_type"] == name and resolved["kd_loss_args"] == args
