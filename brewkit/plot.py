@@ -137,7 +137,7 @@ def figure(run_dir: str) -> Any:
     ax_eval.set_xlabel("optimizer step")
     ax_eval.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    boundaries = [b["step"] for a, b in zip(train, train[1:]) if b.get("epoch") != a.get("epoch")]
+    boundaries = [(a["step"] + b["step"]) / 2 for a, b in zip(train, train[1:]) if b.get("epoch") != a.get("epoch")]
     for ax in (ax_loss, ax_lr, ax_eval):
         ax.grid(True, alpha=0.3)
         for step in boundaries:

@@ -98,7 +98,7 @@ def test_trainer_state_has_transformers_keys_and_the_log_history_so_far(hf_run, 
     assert state["log_history"] == [hf_entry(r) for r in so_far]  # the evaluation at `step` included
     assert so_far[-1] == {"step": step, "eval_accuracy": so_far[-1]["eval_accuracy"]}
     assert (state["global_step"], state["max_steps"], state["logging_steps"], state["save_steps"],
-            state["eval_steps"], state["num_train_epochs"]) == (step, 12, 1, 2, 2, 3)
+            state["eval_steps"], state["num_train_epochs"], state["train_batch_size"]) == (step, 12, 1, 2, 2, 3, 8)
     evals = [(r["step"], r["eval_accuracy"]) for r in so_far if "eval_accuracy" in r]
     best_step, best = evals[0]
     for s, v in evals[1:]:  # transformers: a strictly better value becomes the best (no threshold)

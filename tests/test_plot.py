@@ -47,8 +47,8 @@ def test_the_figure_draws_the_records(run_dir):
     assert loss.get_yscale() == "log"  # every loss positive
     assert list(lr.get_lines()[0].get_ydata()) == [r["lr"] for r in train]
     assert curves(ev) == {"eval_accuracy": ([3, 6], [0.6, 0.7]), "eval_macro_f1": ([3, 6], [0.5, 0.65])}
-    for ax in (loss, lr, ev):  # the epoch boundary: the first record of epoch 1
-        assert [list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == ":"] == [[4, 4]]
+    for ax in (loss, lr, ev):  # the epoch boundary: between the last record of epoch 0 and the first of epoch 1
+        assert [list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == ":"] == [[3.5, 3.5]]
     assert fig.get_suptitle() == f"{run_dir.name}: 6 steps; final eval_accuracy 0.7000, eval_macro_f1 0.6500"
 
 

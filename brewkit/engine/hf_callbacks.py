@@ -166,7 +166,8 @@ class CallbackBridge:
         return {
             "output_dir": tc.output_dir, "logging_dir": tc.log_dir, "run_name": os.path.basename(tc.output_dir),
             "max_steps": plan.total_steps, "num_train_epochs": plan.num_epochs,
-            "per_device_train_batch_size": getattr(self.dataloader, "batch_size", None),
+            "per_device_train_batch_size": getattr(self.dataloader, "batch_size", None)
+            or getattr(getattr(self.dataloader, "batch_sampler", None), "batch_size", None),  # brewkit's samplers
             "gradient_accumulation_steps": tc.gradient_accumulation_steps,
             "learning_rate": group.get("initial_lr", group["lr"]), "max_grad_norm": max_grad_norm,
             "logging_strategy": "steps", "logging_steps": plan.logging_steps,
