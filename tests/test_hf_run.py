@@ -191,3 +191,25 @@ def test_a_resumed_run_purges_the_redone_steps_from_tensorboard(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("scalar/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["loss"] for line in lines] == [1.0, 2.0, 30.0, 40.0]
+
+
+@pytest.mark.slow
+def test_reduce_lr_on_plateau_steps_on_each_evaluation(assets, tmp_path):
+    d = hf_training(run_dict(assets, tmp_path / "out"))
+    d["training"].update(num_train_epochs=1, lr_scheduler_type="reduce_lr_on_plateau", eval_steps=1, save_steps=4,
+                         lr_scheduler_kwargs={"patience": 0, "factor": 0.5}, report_to="none")
+    del d["training"]["warmup_ratio"]  # a metric-driven schedule has no warm-up
+    train_run(load_run(d))
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    lr, best, expected = 1e-3, None, {}
+    for r in records:  # torch's ReduceLROnPlateau (mode max, rel threshold 1e-4, patience 0), written out
+        if "lr" in r:
+            expected[r["step"]] = lr
+        else:
+            v = r["eval_accuracy"]
+            if best is None or v > best * (1 + 1e-4):
+                best = v
+            else:
+                lr *= 0.5
+    assert {r["step"]: r["lr"] for r in records if "lr" in r} == pytest.approx(expected, rel=1e-12)
+    assert len(expected) == 4 and min(expected.values()) < 1e-3  # the accuracy stalled at least once
