@@ -143,14 +143,17 @@ def bucket_log_probs(logits_S: torch.Tensor, teacher: TopKTeacher,
                           f"{teacher.vocab}; give the student the teacher's vocabulary size", "logits_S")
     check_temperature(temperature, teacher.temperature, teacher.full)
     dtype = torch.float64 if logits_S.dtype == torch.float64 else torch.float32
-    tau = temperature
-    if isinstance(tau, torch.Tensor):
-        tau = tau.to(logits_S.device, dtype).reshape(-1, 1) if tau.numel() > 1 else float(tau)
+    if isinstance(temperature, torch.Tensor) and temperature.numel() > 1:
+        tau = temperature.to(logits_S.device, dtype).reshape(-1, 1)
+        same = False
+    else:
+        tau = float(temperature)
+        same = tau == float(teacher.temperature)
     log_q = F.log_softmax(logits_S.to(dtype) / tau, dim=-1)
     ids = teacher.ids.to(logits_S.device)
     log_p = teacher.logp.to(logits_S.device, dtype)
-    if not isinstance(tau, float) or tau != teacher.temperature:
-        log_p = F.log_softmax(log_p * (teacher.temperature / tau), dim=-1)  # exact: the support is everything
+    if not same:  # only for a full-vocabulary store (check_temperature): re-tempering is then exact
+        log_p = F.log_softmax(log_p * (teacher.temperature / tau), dim=-1)
     log_q_top = log_q.gather(-1, ids)
     if teacher.full:
         return log_q_top, log_p

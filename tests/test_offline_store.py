@@ -1,0 +1,617 @@
+"""Offline teacher signals (issue #20): ``brewkit capture`` writes a captured store, a run with ``teacher: {store}``
+trains from it with no teacher model, and the sparse (top-k + tail) losses.
+
+The loss references are written here from the bucket formula (float64, explicit loops over the k ids and the
+tail), independently of brewkit's functions; "sparse = dense" compares against the dense formulas written from
+their definitions too.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file
+from task_helpers import GPT2, VOCAB, lm_assets, lm_run
+
+from brewkit.build import build
+from brewkit.cli import main
+from brewkit.errors import CheckpointError, ConfigError
+from brewkit.losses.sparse import SPARSE_KINDS, TopKTeacher, sparse_form, sparse_kd_loss, topk_log_probs
+from brewkit.runfile import load_run
+from brewkit.teacher_store import CapturedTeacherStore, read_manifest
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def write(path, run: dict) -> str:
+    path.write_text(yaml.safe_dump(run, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return lm_assets(tmp_path_factory.mktemp("lm"))
+
+
+# -- the sparse losses against hand-written references -----------------------------------------------------------
+def hand_bucket_loss(kind: str, zs: torch.Tensor, zt: torch.Tensor, k: int, tau: float, **params) -> float:
+    """Mean over rows of divergence ``kind`` between the teacher's and student's distributions on the buckets
+    (the teacher's top-k ids, then one bucket for the rest), float64, written out per row."""
+    total = 0.0
+    for r in range(zs.shape[0]):
+        p = torch.softmax(zt[r].double() / tau, -1)
+        q = torch.softmax(zs[r].double() / tau, -1)
+        top = torch.argsort(p, descending=True)[:k].tolist()
+        P = [float(p[i]) for i in top]
+        Q = [float(q[i]) for i in top]
+        if k < len(p):
+            P.append(1.0 - sum(P))
+            Q.append(1.0 - sum(Q))
+        P, Q = np.array(P), np.array(Q)
+
+        def kl(a, b):
+            return float(sum(x * (np.log(x) - np.log(y)) for x, y in zip(a, b) if x > 0))
+
+        if kind == "kl":
+            total += kl(P, Q)
+        elif kind == "ce":
+            total += -float(sum(x * np.log(y) for x, y in zip(P, Q) if x > 0))
+        elif kind == "reverse_kl":
+            total += kl(Q, P)
+        elif kind == "jsd":
+            b = params["beta"]
+            m = b * P + (1 - b) * Q
+            total += b * kl(P, m) + (1 - b) * kl(Q, m)
+        elif kind == "skew_kl":
+            a = params["alpha"]
+            total += kl(P, a * P + (1 - a) * Q)
+        elif kind == "skew_reverse_kl":
+            a = params["alpha"]
+            total += kl(Q, a * Q + (1 - a) * P)
+        elif kind == "tvd":
+            total += 0.5 * float(np.abs(P - Q).sum())
+    return total / zs.shape[0]
+
+
+PARAMS = {"jsd": {"beta": 0.3}, "skew_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+
+
+def teacher_of(zt: torch.Tensor, k: int, tau: float) -> TopKTeacher:
+    ids, logp, tail = topk_log_probs(zt, k, tau)
+    return TopKTeacher(ids, logp.double(), tail.double(), tau, zt.shape[-1])
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+def test_sparse_loss_is_the_bucket_divergence_written_by_hand(kind):
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(6, 13, generator=g, dtype=torch.float64), 2 * torch.randn(6, 13, generator=g,
+                                                                                   dtype=torch.float64)
+    got = sparse_kd_loss(kind, zs, teacher_of(zt, 4, 2.0), 2.0, **PARAMS.get(kind, {}))
+    assert float(got) == pytest.approx(hand_bucket_loss(kind, zs, zt, 4, 2.0, **PARAMS.get(kind, {})), rel=1e-5)
+    as_int = sparse_kd_loss(kind, zs, teacher_of(zt, 4, 2.0), 2, **PARAMS.get(kind, {}))  # YAML's temperature: 2
+    assert float(as_int) == float(got)
+
+
+def dense_reference(kind: str, zs: torch.Tensor, zt: torch.Tensor, tau: float, **params) -> torch.Tensor:
+    """The full-vocabulary divergence, from its definition (float64, autograd for the gradient)."""
+    p, q = torch.softmax(zt / tau, -1), torch.softmax(zs / tau, -1)
+
+    def kl(a, b):
+        return (a * (a.log() - b.log())).sum(-1)
+
+    if kind == "kl":
+        rows = kl(p, q)
+    elif kind == "ce":
+        rows = -(p * q.log()).sum(-1)
+    elif kind == "reverse_kl":
+        rows = kl(q, p)
+    elif kind == "jsd":
+        m = params["beta"] * p + (1 - params["beta"]) * q
+        rows = params["beta"] * kl(p, m) + (1 - params["beta"]) * kl(q, m)
+    elif kind == "skew_kl":
+        rows = kl(p, params["alpha"] * p + (1 - params["alpha"]) * q)
+    elif kind == "skew_reverse_kl":
+        rows = kl(q, params["alpha"] * q + (1 - params["alpha"]) * p)
+    else:
+        rows = 0.5 * (p - q).abs().sum(-1)
+    return rows.mean()
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+@pytest.mark.parametrize("capture_tau, train_tau", [(2.0, 2.0), (1.0, 3.0)])
+def test_sparse_equals_dense_at_full_k_values_and_gradients(kind, capture_tau, train_tau):
+    """k = the vocabulary: no tail bucket, and any training temperature re-tempers exactly."""
+    g = torch.Generator().manual_seed(2)
+    zs = torch.randn(9, 17, generator=g, dtype=torch.float64, requires_grad=True)
+    zt = 3 * torch.randn(9, 17, generator=g, dtype=torch.float64)
+    params = PARAMS.get(kind, {})
+    sparse = sparse_kd_loss(kind, zs, teacher_of(zt, 17, capture_tau), train_tau, **params)
+    dense = dense_reference(kind, zs, zt, train_tau, **params)
+    assert float(sparse.detach()) == pytest.approx(float(dense.detach()), abs=1e-5)
+    gs, = torch.autograd.grad(sparse, zs)
+    gd, = torch.autograd.grad(dense, zs)
+    torch.testing.assert_close(gs, gd, rtol=0, atol=1e-5)
+
+
+def test_sparse_loss_float32_store_equals_dense_float32_at_full_k():
+    g = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(20, 50, generator=g), 2 * torch.randn(20, 50, generator=g)
+    ids, logp, tail = topk_log_probs(zt, 50, 1.5)
+    got = sparse_kd_loss("kl", zs, TopKTeacher(ids, logp, tail, 1.5, 50), 1.5, temperature_squared=True)
+    want = dense_reference("kl", zs.double(), zt.double(), 1.5) * 1.5 ** 2
+    assert float(got) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_topk_records_hold_the_largest_ids_and_the_exact_tail():
+    z = torch.tensor([[0.0, 3.0, 1.0, -1.0, 2.0]])
+    ids, logp, tail = topk_log_probs(z, 2, 1.0)
+    p = torch.softmax(z.double(), -1)[0]
+    assert ids.tolist() == [[1, 4]]
+    torch.testing.assert_close(logp.double(), p[[1, 4]].log()[None], rtol=0, atol=1e-6)
+    assert float(tail) == pytest.approx(float(torch.log(p[[0, 2, 3]].sum())), abs=1e-6)
+    _, _, no_tail = topk_log_probs(z, 9, 1.0)  # k above the vocabulary: all ids, no tail
+    assert no_tail.tolist() == [float("-inf")]
+
+
+def test_a_temperature_the_store_cannot_represent_is_refused():
+    zs, zt = torch.randn(3, 8), torch.randn(3, 8)
+    t = teacher_of(zt, 4, 2.0)
+    with pytest.raises(ConfigError) as e:
+        sparse_kd_loss("kl", zs, t, 1.0)
+    assert e.value.path == "temperature" and "temperature 2" in str(e.value)
+    with pytest.raises(ConfigError):
+        sparse_kd_loss("kl", zs, t, torch.full((3,), 2.0) + torch.arange(3))  # per-row, top-k
+    sparse_kd_loss("kl", zs, t, 2.0)  # the capture temperature is exact
+
+
+def test_losses_without_a_sparse_form_are_refused_with_the_reason():
+    for name in ("mse", "bce"):
+        with pytest.raises(ConfigError) as e:
+            sparse_form(None, name)
+        assert "compares each class's logit" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        sparse_form(None, "coupled_rank_distil")
+    assert "full distribution" in str(e.value)
+    assert sparse_form("jsd", "jsd") == "jsd"
+
+
+def test_the_student_and_the_store_must_count_the_same_positions():
+    t = teacher_of(torch.randn(3, 8), 4, 1.0)
+    with pytest.raises(CheckpointError) as e:
+        sparse_kd_loss("kl", torch.randn(4, 8), t, 1.0)
+    assert "3" in str(e.value) and "4" in str(e.value)
+
+
+# -- capture and training from the store -------------------------------------------------------------------------
+def capture_cli(run_path: str, out, *extra) -> dict:
+    code, stdout, err = cli("capture", run_path, "--out", out, *extra)
+    assert code == 0, err
+    return dict(line.split(": ", 1) for line in stdout.strip().splitlines() if ": " in line)
+
+
+def lm_sgd_run(lm, out, **data) -> dict:
+    run = lm_run(lm, out, **data)
+    run["data"]["eval_file"] = None
+    run["training"] = {**run["training"], "num_steps": 4, "optimizer": {"name": "sgd", "lr": 0.5}}
+    return run
+
+
+def store_run(run: dict, store, out) -> dict:
+    other = json.loads(json.dumps(run))
+    other["teacher"] = {"store": str(store)}
+    other["output_dir"] = str(out)
+    return other
+
+
+def final_weights(out) -> dict:
+    return load_file(os.path.join(out, "final", "model.safetensors"))
+
+
+def test_training_from_a_full_vocabulary_store_equals_live_teacher_training(lm, tmp_path):
+    """k = vocabulary, float32 store: the student trained from the store (no teacher model built) is the one
+    the live teacher gives, to float32 rounding; the KD term per step agrees too."""
+    live = lm_sgd_run(lm, tmp_path / "live", prompt_column="prompt", completion_column="completion",
+                      shuffle=True, padding_side="left")
+    del live["data"]["text_column"]
+    path = write(tmp_path / "live.yaml", live)
+    summary = capture_cli(path, tmp_path / "store", "--k", "1000", "--dtype", "float32")
+    assert summary["complete"] == "True" and summary["kind"] == "topk"
+    assert int(summary["examples"]) == 24
+    code, _, err = cli("train", path)
+    assert code == 0, err
+    code, _, err = cli("train", write(tmp_path / "s.yaml", store_run(live, tmp_path / "store", tmp_path / "from")))
+    assert code == 0, err
+    a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
+    for name, w in a.items():
+        torch.testing.assert_close(b[name], w, rtol=0, atol=1e-5)
+
+    def kd(out):
+        return [r["unweighted_kd_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if "unweighted_kd_loss" in r]
+
+    assert kd(tmp_path / "from") == pytest.approx(kd(tmp_path / "live"), rel=1e-5)
+
+
+def test_store_layout_manifest_and_bytes_per_position(lm, tmp_path):
+    """k = 64 of a 100-id vocabulary in float16: 64 uint16 ids + 64 float16 log-probs + a float16 tail = 258 bytes
+    a counted position; each example stores exactly its counted positions."""
+    run = lm_sgd_run(lm, tmp_path / "o")
+    run["teacher"]["config"]["vocab_size"] = 100
+    run["student"]["config"]["vocab_size"] = 100
+    path = write(tmp_path / "r.yaml", run)
+    summary = capture_cli(path, tmp_path / "store")
+    m = read_manifest(str(tmp_path / "store"))
+    assert (m["k"], m["vocab"], m["ids_dtype"], m["dtype"], m["record_bytes"]) == (64, 100, "uint16", "float16", 258)
+    assert m["complete"] and m["examples"] == 24
+    store = CapturedTeacherStore(str(tmp_path / "store"))
+    b = build(load_run(run), with_optimizer=False)
+    counted = 0
+    for batch in b.train_loader:
+        from brewkit.tasks import next_token_mask
+
+        n = next_token_mask(batch).sum(-1)
+        for i, c in zip(batch["idx"].tolist(), n.tolist()):
+            assert store.entries()[list(store._entries).index(i)][2] == c  # noqa: SLF001 -- the test reads the index
+        counted += int(n.sum())
+    assert int(summary["positions"]) == counted == m["positions"]
+    data_bytes = os.path.getsize(tmp_path / "store" / "data-rank0.bin")
+    assert data_bytes == 258 * counted
+    assert float(summary["bytes_per_position"]) < 260 + 4096 / counted * 4  # data + index + manifest
+    logits = b.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    hit = store.get(batch["idx"], batch)["logits"][0]
+    mask = next_token_mask(batch)
+    want_ids, want_logp, want_tail = topk_log_probs(logits[mask].detach(), 64, 2.0)
+    assert torch.equal(hit.ids, want_ids)
+    torch.testing.assert_close(hit.logp, want_logp.half().float())
+    torch.testing.assert_close(hit.log_tail, want_tail.half().float())
+
+
+def test_validate_from_a_store_loads_no_teacher_and_says_so(lm, tmp_path):
+    run = lm_sgd_run(lm, tmp_path / "o")
+    capture_cli(write(tmp_path / "r.yaml", run), tmp_path / "store", "--k", "8")
+    code, out, err = cli("validate", write(tmp_path / "s.yaml", store_run(run, tmp_path / "store", tmp_path / "s")))
+    assert code == 0, err
+    assert "captured store" in out and "top-8 of 43 ids at temperature 2" in out
+    assert "teacher_parameters" not in out
+
+
+def test_a_top_k_store_trains_a_student_whose_kd_term_is_the_sparse_one(lm, tmp_path):
+    """k = 8: the first step's KD term is the hand-written bucket KL (x tau^2) over the batch's counted positions."""
+    run = lm_sgd_run(lm, tmp_path / "o")
+    capture_cli(write(tmp_path / "r.yaml", run), tmp_path / "store", "--k", "8", "--dtype", "float32")
+    srun = store_run(run, tmp_path / "store", tmp_path / "s")
+    b_live = build(load_run(run), with_optimizer=False)
+    b = build(load_run(srun), with_optimizer=False)
+    assert b.teacher is None
+    raw = next(iter(b.train_loader))
+    loss, terms = b.distiller.dry_run(raw)
+    from brewkit.tasks import next_token_mask
+
+    mask = next_token_mask(raw)
+    inputs = {k: raw[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        zt = b_live.teacher(**inputs).logits[mask].double()
+        zs = b.student(**inputs).logits[mask].double()
+    assert float(terms["unweighted_kd_loss"]) == pytest.approx(hand_bucket_loss("kl", zs, zt, 8, 2.0) * 4, rel=1e-4)
+
+
+# -- fingerprint refusals --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def captured(lm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("captured")
+    run = lm_sgd_run(lm, root / "o")
+    run["teacher"]["capture"] = {"k": 8}
+    path = write(root / "r.yaml", run)
+    capture_cli(path, root / "store")
+    return run, root / "store", root
+
+
+def refused(run: dict, tmp_path, name: str) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        build(load_run(run), with_optimizer=False)
+    return e.value
+
+
+def swapped_tokenizer(directory) -> str:
+    """A tokenizer of the same size whose ids for two words are swapped (another tokenizer, same vocab size)."""
+    from transformers import BertTokenizerFast
+
+    vocab = list(VOCAB)
+    i, j = vocab.index("film"), vocab.index("movie")
+    vocab[i], vocab[j] = vocab[j], vocab[i]
+    BertTokenizerFast(vocab={w: n for n, w in enumerate(vocab)}).save_pretrained(str(directory))
+    return str(directory)
+
+
+def test_a_resumed_capture_refuses_each_differing_item(lm, captured, tmp_path):
+    run, store, _ = captured
+    cases = {
+        "teacher": lambda r: r["training"].update(seed=1),  # other random weights
+        "tokenizer": lambda r: [r[s].update(tokenizer=swapped_tokenizer(tmp_path / "tok")) for s in ("teacher",
+                                                                                                      "student")],
+        "max_length": lambda r: r["data"].update(max_length=30),
+        "k": lambda r: r["teacher"]["capture"].update(k=16),
+        "temperature": lambda r: r["teacher"]["capture"].update(temperature=3),
+        "dtype": lambda r: r["teacher"]["capture"].update(dtype="float32"),
+    }
+    for item, change in cases.items():
+        other = json.loads(json.dumps(run))
+        change(other)
+        code, _, err = cli("capture", write(tmp_path / f"{item}.yaml", other), "--out", store)
+        assert code == 2, (item, err)
+        assert f"captured with another {item} (" in err and "--out" in err, (item, err)
+    data = tmp_path / "train.csv"
+    shutil.copy(lm.train, data)
+    with open(data, "a", encoding="utf-8") as f:
+        f.write("the film was fun,the film,was fun\n")
+    other = json.loads(json.dumps(run))
+    other["data"]["train_file"] = str(data)
+    code, _, err = cli("capture", write(tmp_path / "data.yaml", other), "--out", store)
+    assert code == 2 and "another data (the train file's content" in err
+
+
+def test_a_run_from_the_store_refuses_each_differing_item(lm, captured, tmp_path):
+    run, store, _ = captured
+    base = store_run(run, store, tmp_path / "o")
+
+    def variant(change) -> dict:
+        other = json.loads(json.dumps(base))
+        change(other)
+        return other
+
+    tok = swapped_tokenizer(tmp_path / "tok")
+    data = tmp_path / "train.csv"
+    shutil.copy(lm.train, data)
+    with open(data, "a", encoding="utf-8") as f:
+        f.write("the film was fun,the film,was fun\n")
+    cases = {
+        "tokenizer": lambda r: r["student"].update(tokenizer=tok),
+        "data": lambda r: r["data"].update(train_file=str(data)),
+        "max_length": lambda r: r["data"].update(max_length=30),
+        "teacher": lambda r: r["teacher"].update(config={**GPT2, "n_layer": 2}),  # names another teacher model
+        "k": lambda r: r["teacher"].update(capture={"k": 16}),
+        "positions": lambda r: r["data"].update(prompt_column="prompt", completion_column="completion",
+                                                text_column=None),
+    }
+    for item, change in cases.items():
+        other = variant(change)
+        if other["data"].get("text_column") is None:
+            other["data"].pop("text_column")
+        e = refused(other, tmp_path, item)
+        assert e.path == "teacher.store" and f"captured with another {item}" in str(e), (item, str(e))
+        assert "teacher.force: true" in str(e)
+    with pytest.raises(ConfigError) as e:  # the temperature: no force, no re-tempering of a top-k store
+        build(load_run(variant(lambda r: r["distillation"].update(temperature=3))), with_optimizer=False)
+    assert e.value.path == "distillation.temperature" and "temperature 2" in str(e.value)
+    task = tmp_path / "task_store"  # a store that says it was captured for another task
+    shutil.copytree(store, task)
+    manifest = json.loads((task / "manifest.json").read_text())
+    manifest["fingerprint"]["task"] = "token_classification"
+    (task / "manifest.json").write_text(json.dumps(manifest))
+    e = refused(variant(lambda r: r["teacher"].update(store=str(task))), tmp_path, "task")
+    assert "another task (store 'token_classification', this run 'causal_lm')" in str(e)
+
+
+def test_force_trains_from_a_store_whose_settings_differ_with_a_warning(lm, captured, tmp_path, caplog):
+    run, store, _ = captured
+    other = store_run(run, store, tmp_path / "o")
+    other["data"]["max_length"] = 30  # the rows are shorter than 24 tokens: the same examples
+    other["teacher"]["force"] = True
+    code, _, err = cli("train", write(tmp_path / "f.yaml", other))
+    assert code == 0, err
+    assert any("teacher.force" in r.getMessage() and "max_length" in r.getMessage() for r in caplog.records)
+
+
+def test_an_incomplete_store_is_refused_until_the_capture_finishes(captured, tmp_path):
+    run, store, _ = captured
+    partial = tmp_path / "partial"
+    shutil.copytree(store, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["complete"] = False
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError) as e:
+        build(load_run(store_run(run, partial, tmp_path / "o")), with_optimizer=False)
+    assert "incomplete" in str(e.value) and e.value.path == "teacher.store"
+
+
+@pytest.mark.parametrize("change, path, words", [
+    (lambda r: r["teacher"].update(force=True), "teacher.force", "teacher.store"),
+    (lambda r: r["teacher"].update(capture={"k": 0}), "teacher.capture.k", ">= 1"),
+    (lambda r: r["teacher"].update(capture={"dtype": "int8"}), "teacher.capture.dtype", "float16"),
+    (lambda r: r["teacher"].update(capture={"kk": 3}), "teacher.capture", "kk"),
+    (lambda r: r["teacher"].update(store=3), "teacher.store", "directory"),
+])
+def test_broken_capture_and_store_keys_name_the_key(lm, tmp_path, change, path, words):
+    run = lm_sgd_run(lm, tmp_path / "o")
+    change(run)
+    with pytest.raises(ConfigError) as e:
+        load_run(run)
+    assert e.value.path.startswith(path) and words in str(e.value)
+
+
+def test_what_a_store_run_cannot_compute_is_refused(lm, captured, tmp_path):
+    run, store, _ = captured
+    base = store_run(run, store, tmp_path / "o")
+    cases = [
+        ("distillation", {"kd_loss_type": "mse"}, "distillation.kd_loss_type", "no sparse form"),
+        ("distillation", {"intermediate_matches": [{"layer_T": 1, "layer_S": 1, "feature": "hidden",
+                                                    "loss": "hidden_mse", "weight": 1}]},
+         "distillation.intermediate_matches", "logits only"),
+        ("distillation", {"temperature_scheduler": ["flsw", 1, 2]}, "distillation.temperature_scheduler", "per-row"),
+        ("distillation", {"teacher_cache": "memory"}, "distillation.teacher_cache", "nothing to cache"),
+    ]
+    for section, update, path, words in cases:
+        other = json.loads(json.dumps(base))
+        other[section].update(update)
+        with pytest.raises(ConfigError) as e:
+            build(load_run(other), with_optimizer=False)
+        assert e.value.path == path and words in str(e.value), (path, str(e.value))
+    for update, path in (({"evaluation": {"metric": "teacher_agreement"}}, "evaluation.metric"),
+                         ({"student": {"init_from_teacher": {"layers": [0]}}}, "student.init_from_teacher")):
+        other = {**json.loads(json.dumps(base)), **update}
+        with pytest.raises(ConfigError) as e:
+            load_run(other)
+        assert e.value.path == path
+    missing = store_run(run, tmp_path / "nowhere", tmp_path / "o2")
+    with pytest.raises(ConfigError) as e:
+        build(load_run(missing), with_optimizer=False)
+    assert e.value.path == "teacher.store" and "no captured teacher store" in str(e.value)
+
+
+def test_a_store_with_changed_tokens_under_an_index_is_refused_at_the_batch(lm, captured, tmp_path):
+    """force skips the fingerprint; the per-example token hashes still catch rows that are not the stored ones."""
+    run, store, _ = captured
+    rows = (open(lm.train, encoding="utf-8").read().splitlines())
+    data = tmp_path / "train.csv"
+    data.write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n", encoding="utf-8")  # two rows swap
+    other = store_run(run, store, tmp_path / "o")
+    other["data"]["train_file"] = str(data)
+    other["teacher"]["force"] = True
+    b = build(load_run(other), with_optimizer=False)
+    with pytest.raises(CheckpointError) as e:
+        for batch in b.train_loader:
+            b.distiller.dry_run(batch)
+    assert "tokens differ" in str(e.value)
+
+
+# -- capture killed and resumed ------------------------------------------------------------------------------------
+SLOW_PLUGIN = textwrap.dedent('''
+    """A GPT-2 whose forward sleeps, so that a capture can be killed half way."""
+    import time
+
+    import transformers
+
+    from brewkit.models import MODEL_BUILDERS
+
+
+    class SlowGPT2(transformers.GPT2LMHeadModel):
+        def forward(self, *args, **kwargs):
+            time.sleep(0.15)
+            return super().forward(*args, **kwargs)
+
+
+    @MODEL_BUILDERS.register("slow_gpt2")
+    def slow_gpt2(**sizes):
+        return SlowGPT2(transformers.GPT2Config(**sizes))
+''')
+
+
+def index_entries(store_dir) -> list[int]:
+    out = []
+    for path in sorted(store_dir.glob("index-rank*.safetensors")):
+        out += load_file(str(path))["idx"].tolist()
+    return out
+
+
+@pytest.mark.slow
+def test_a_capture_killed_mid_way_resumes_and_stores_every_example_exactly_once(lm, tmp_path):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "slow_teacher_plugin.py").write_text(SLOW_PLUGIN, encoding="utf-8")
+    run = lm_sgd_run(lm, tmp_path / "o")
+    sizes = {k: v for k, v in GPT2.items() if k != "model_type"}
+    run["teacher"] = {"builder": "slow_gpt2", "args": {**sizes, "n_layer": 3}, "tokenizer": lm.tokenizer,
+                      "capture": {"k": 8, "flush_every": 1}}
+    run["plugins"] = ["slow_teacher_plugin"]
+    run["data"]["batch_size"] = 1
+    path = write(tmp_path / "r.yaml", run)
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "brewkit", "capture", path, "--out", str(store)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (store / "index-rank0.safetensors").exists() or len(index_entries(store)) < 5:
+            assert p.poll() is None, "the capture ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    stored = index_entries(store)
+    assert 5 <= len(stored) < 24 and not read_manifest(str(store))["complete"]
+    with open(store / "data-rank0.bin", "ab") as f:  # what a kill mid-write leaves after the flushed index
+        f.write(b"\x01" * 100)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entries = index_entries(store)
+    assert sorted(entries) == list(range(24))  # every example once: none dropped, none twice
+    m = read_manifest(str(store))
+    assert m["complete"] and os.path.getsize(store / "data-rank0.bin") == m["positions"] * m["record_bytes"]
+    # the records are the ones an uninterrupted capture writes
+    fresh = tmp_path / "fresh"
+    r = subprocess.run(cmd[:-1] + [str(fresh)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a, b = CapturedTeacherStore(str(store)), CapturedTeacherStore(str(fresh))
+    for i in range(24):
+        ra, rb = a._row(i), b._row(i)  # noqa: SLF001 -- the test compares raw records
+        assert ra.tobytes() == rb.tobytes()
+
+
+# -- DDP ----------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_process(rank: int, world: int, port: int, argv: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    code = main(argv)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if code != 0:
+        raise SystemExit(code)
+
+
+def _launch(world: int, argv: list[str]) -> None:
+    ctx = mp.start_processes(_cli_process, args=(world, _free_port(), argv), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{argv[0]} did not finish in 240 s")
+
+
+@pytest.mark.slow
+def test_capture_and_training_from_the_store_under_ddp_equal_live_ddp_training(lm, tmp_path):
+    """Two gloo processes capture a shard each (data-rank0/1), then train from the store: the same student as two
+    processes distilling from the live teacher (k = vocabulary, float32)."""
+    live = lm_sgd_run(lm, tmp_path / "live", shuffle=True)
+    live["data"]["batch_size"] = 4
+    path = write(tmp_path / "live.yaml", live)
+    _launch(2, ["capture", path, "--out", str(tmp_path / "store"), "--k", "1000", "--dtype", "float32"])
+    assert (tmp_path / "store" / "data-rank1.bin").stat().st_size > 0
+    assert sorted(set(index_entries(tmp_path / "store"))) == list(range(24))
+    assert read_manifest(str(tmp_path / "store"))["complete"]
+    _launch(2, ["train", path])
+    _launch(2, ["train", write(tmp_path / "s.yaml", store_run(live, tmp_path / "store", tmp_path / "from"))])
+    a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
+    for name, w in a.items():
+        torch.testing.assert_close(b[name], w, rtol=0, atol=1e-5)
