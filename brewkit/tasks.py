@@ -106,15 +106,17 @@ class TokenAdaptor:
     """The Hugging Face adaptor (:func:`brewkit.adaptors.hf_adaptor`) plus the task's positions:
     ``logits_mask = positions(batch)`` (the KD term's positions), ``labels`` for those positions only (what
     ``probability_shift`` swaps), and logits cut to the first ``vocab`` ids when the model has more (teacher and
-    student vocabularies that differ only by padding rows distill over the ids they share).
+    student vocabularies that differ only by padding rows distill over the ids they share). With
+    ``positions=None`` (a teacher whose batch has no labels) it returns neither: the KD term then takes the
+    student's mask for the teacher's logits (:func:`brewkit.distillers.basic.teacher_mask`).
 
     Its ``__qualname__`` names the task and settings: the teacher store's fingerprint includes it, so stored
     teacher masks are never reused under other settings.
     """
 
-    def __init__(self, task: str, positions: Callable[[Mapping], torch.Tensor],
-                 targets: Callable[[Mapping, torch.Tensor], torch.Tensor | None], vocab: int | None = None,
-                 settings: str = ""):
+    def __init__(self, task: str, positions: Callable[[Mapping], torch.Tensor] | None,
+                 targets: Callable[[Mapping, torch.Tensor], torch.Tensor | None] | None = None,
+                 vocab: int | None = None, settings: str = ""):
         self.task, self.positions, self.targets, self.vocab = task, positions, targets, vocab
         self.__qualname__ = f"TokenAdaptor[{task}, vocab={vocab}{', ' + settings if settings else ''}]"
 
@@ -126,9 +128,12 @@ class TokenAdaptor:
         logits = out.get("logits")
         if isinstance(logits, torch.Tensor) and self.vocab is not None and logits.shape[-1] > self.vocab:
             out["logits"] = logits[..., :self.vocab]
+        if self.positions is None:
+            out.pop("labels", None)
+            return out
         mask = self.positions(batch)
         out["logits_mask"] = mask
-        targets = self.targets(batch, mask)
+        targets = self.targets(batch, mask) if self.targets is not None else None
         if targets is not None:
             out["labels"] = targets
         else:
@@ -212,6 +217,10 @@ class Task:
             keys.discard("token_type_ids")
         return frozenset(keys)
 
+    def teacher_inputs(self, model: nn.Module) -> frozenset[str]:
+        """The batch keys the teacher receives (default: :meth:`model_inputs`)."""
+        return self.model_inputs(model)
+
     # -- the objective ---------------------------------------------------------------------------------------
     def check_models(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any, second: Any = None,
                      sources: tuple[str, str] = ("teacher", "student")) -> None:
@@ -224,8 +233,13 @@ class Task:
 
     def adaptor(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any,
                 data: Any) -> Callable | None:
-        """The adaptor of both models (None: :func:`~brewkit.adaptors.hf_adaptor`)."""
+        """The student's adaptor (None: :func:`~brewkit.adaptors.hf_adaptor`)."""
         return None
+
+    def teacher_adaptor(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any,
+                        data: Any) -> Callable | None:
+        """The teacher's adaptor (default: :meth:`adaptor`'s)."""
+        return self.adaptor(teacher, student, tokenizer, data)
 
     def configure(self, distiller: Any) -> None:
         """Tell the distiller what the loss terms average over (``kd_denominator``, ``hard_label_denominator``)."""
@@ -387,19 +401,25 @@ class CausalLM(Task):
     def check_models(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any, second: Any = None,
                      sources: tuple[str, str] = ("teacher", "student")) -> None:
         super().check_models(teacher, student, tokenizer, second, sources)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if model is None:
-                continue
-            names = forward_parameters(model)
-            if names is not None and "labels" not in names:
-                raise ConfigError(f"the {role}'s forward ({type(model).__name__}) takes no 'labels', so neither its "
-                                  "next-token loss nor the positions it counts can reach it; causal_lm needs a "
-                                  "Hugging Face causal LM (or a forward that takes labels)", role)
+        names = forward_parameters(student)
+        if names is not None and "labels" not in names:
+            raise ConfigError(f"the student's forward ({type(student).__name__}) takes no 'labels', so neither its "
+                              "next-token loss nor the positions it counts can reach it; causal_lm needs a Hugging "
+                              "Face causal LM (or a forward that takes labels)", "student")
+
+    def teacher_inputs(self, model: nn.Module) -> frozenset[str]:
+        """The teacher's keys, less ``labels``: its own next-token loss would be computed for nothing (a
+        cross-entropy over every position and the whole vocabulary); the KD term takes its positions from the
+        student's batch."""
+        return self.model_inputs(model) - {"labels"}
 
     def adaptor(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any, data: Any) -> Callable:
-        vocab = shared_vocabulary(teacher, student)
-        settings = f"train_on_prompt={bool(data.train_on_prompt)}" if data is not None else ""
-        return TokenAdaptor(self.name, next_token_mask, next_token_labels, vocab, settings)
+        return TokenAdaptor(self.name, next_token_mask, next_token_labels, shared_vocabulary(teacher, student))
+
+    def teacher_adaptor(self, teacher: nn.Module | None, student: nn.Module, tokenizer: Any,
+                        data: Any) -> Callable:
+        """Logits over the shared ids, no positions: the KD term takes the student's (:meth:`teacher_inputs`)."""
+        return TokenAdaptor(self.name, None, None, shared_vocabulary(teacher, student))
 
     def positions(self, data: Any) -> str:
         which = "real tokens"

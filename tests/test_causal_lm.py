@@ -80,9 +80,13 @@ def hand_terms(teacher, student, batch: dict, counted: torch.Tensor, tau: float)
 
 
 def first_batch(run: dict):
+    """``(built run, idx, the batch, its student part)``: the teacher's part has no labels (a causal LM's own
+    loss would be computed for nothing), so causal-LM batches come in two parts."""
     b = build(load_run(run), with_optimizer=False)
     raw = next(iter(b.train_loader))
-    return b, raw["idx"], drop_example_index(raw)
+    assert set(raw) == {"teacher", "student"} and "labels" not in raw["teacher"]
+    assert raw["teacher"]["input_ids"] is raw["student"]["input_ids"]
+    return b, raw["student"]["idx"], drop_example_index(raw), drop_example_index(raw)["student"]
 
 
 # -- the numeric check -----------------------------------------------------------------------------------------
@@ -97,7 +101,7 @@ def test_kd_and_hard_labels_equal_the_hand_written_masked_next_token_terms(lm, t
         run = lm_run(lm, tmp_path / side, padding_side=side, **data)
         if source == "pairs":
             del run["data"]["text_column"]
-        b, idx, batch = first_batch(run)
+        b, idx, full, batch = first_batch(run)
         mask = batch["attention_mask"]
         if side == "left":
             assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()  # padded on the left indeed
@@ -106,7 +110,7 @@ def test_kd_and_hard_labels_equal_the_hand_written_masked_next_token_terms(lm, t
         counted = expected_targets(lm, tokenizer, idx, mask, source)
         if source == "pairs":  # prompt tokens are excluded: fewer positions than real next tokens
             assert counted.sum() < (mask[:, 1:] * mask[:, :-1]).sum()
-        _, terms = b.distiller.dry_run(batch)
+        _, terms = b.distiller.dry_run(full)
         kl, ce = hand_terms(b.teacher, b.student, batch, counted, tau=2.0)
         values[side] = (float(terms["unweighted_kd_loss"]), kl)
         assert float(terms["unweighted_kd_loss"]) == pytest.approx(kl, rel=1e-5, abs=1e-7)
@@ -122,12 +126,12 @@ def test_train_on_prompt_counts_the_prompt_tokens_too(lm, tmp_path):
 
     run = lm_run(lm, tmp_path / "o", prompt_column="prompt", completion_column="completion", train_on_prompt=True)
     del run["data"]["text_column"]
-    b, idx, batch = first_batch(run)
+    b, idx, full, batch = first_batch(run)
     counted = expected_targets(lm, AutoTokenizer.from_pretrained(lm.tokenizer), idx, batch["attention_mask"], "pairs",
                                train_on_prompt=True)
     real = batch["attention_mask"].bool()
     assert torch.equal(counted[:, :-1], real[:, 1:] & real[:, :-1])  # every real next token
-    _, terms = b.distiller.dry_run(batch)
+    _, terms = b.distiller.dry_run(full)
     kl, ce = hand_terms(b.teacher, b.student, batch, counted, tau=2.0)
     assert float(terms["unweighted_kd_loss"]) == pytest.approx(kl, rel=1e-5)
     assert float(terms["unweighted_hard_label_loss"]) == pytest.approx(ce, rel=1e-5)
@@ -135,14 +139,15 @@ def test_train_on_prompt_counts_the_prompt_tokens_too(lm, tmp_path):
 
 def test_no_token_type_ids_reach_gpt2_and_positions_follow_the_mask(lm, tmp_path):
     run = lm_run(lm, tmp_path / "o", padding_side="left")
-    b, _, batch = first_batch(run)
+    b, _, full, batch = first_batch(run)
     assert "token_type_ids" not in batch  # the BERT tokenizer makes them; a causal LM never gets them
     assert torch.equal(batch["position_ids"], (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0))
     seen = []
     for model in (b.teacher, b.student):
         model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
-    b.distiller.dry_run(batch)
+    b.distiller.dry_run(full)
     assert len(seen) == 2 and all("token_type_ids" not in keys and "position_ids" in keys for keys in seen)
+    assert "labels" not in seen[0] and "labels" in seen[1]  # the teacher computes no loss of its own
 
 
 def test_vocabularies_that_differ_by_padding_rows_distill_over_the_shared_ids(lm, tmp_path):
@@ -153,9 +158,9 @@ def test_vocabularies_that_differ_by_padding_rows_distill_over_the_shared_ids(lm
     for v_t, v_s in ((n + 5, n), (n, n + 7)):
         run = lm_run(lm, tmp_path / f"{v_t}_{v_s}")
         run["teacher"]["config"]["vocab_size"], run["student"]["config"]["vocab_size"] = v_t, v_s
-        b, idx, batch = first_batch(run)
+        b, idx, full, batch = first_batch(run)
         counted = expected_targets(lm, tokenizer, idx, batch["attention_mask"], "text")
-        _, terms = b.distiller.dry_run(batch)
+        _, terms = b.distiller.dry_run(full)
         shared = min(v_t, v_s)
 
         class Cut(torch.nn.Module):  # the model's logits over the first `shared` ids
@@ -340,7 +345,7 @@ def test_chat_rows_count_the_assistant_tokens_only(lm, tmp_path):
     run = lm_run(lm, tmp_path / "o", messages_column="messages", train_file=lm.chats, eval_file=None, max_length=40)
     del run["data"]["text_column"]
     run["teacher"]["tokenizer"] = run["student"]["tokenizer"] = lm.chat_tokenizer
-    b, idx, batch = first_batch(run)
+    b, idx, full, batch = first_batch(run)
     chats = [json.loads(line)["messages"] for line in open(lm.chats)]
     # "[ assistant ] <content> [SEP] ": the content's tokens and the [SEP] after it are the targets
     expected = sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) + 1
@@ -351,7 +356,7 @@ def test_chat_rows_count_the_assistant_tokens_only(lm, tmp_path):
     ids = batch["input_ids"]
     user = tok.convert_tokens_to_ids("user")
     assert not (labels == user).any() and (ids == user).any()  # user turns are in the inputs, never targets
-    _, terms = b.distiller.dry_run(batch)
+    _, terms = b.distiller.dry_run(full)
     counted = torch.zeros_like(labels, dtype=torch.bool)
     counted[:, :-1] = labels[:, 1:] != -100
     kl, ce = hand_terms(b.teacher, b.student, batch, counted, tau=2.0)
@@ -478,5 +483,5 @@ def test_a_csv_without_a_label_column_trains(lm, tmp_path):
     """A causal-LM file needs no label column (label_column defaults to 'label' for classification only)."""
     path = write_rows(tmp_path / "plain.csv", [{"text": r["text"]} for r in lm.train_rows])
     run = lm_run(lm, tmp_path / "o", train_file=path, eval_file=None)
-    b, _, batch = first_batch(run)
+    b, _, full, batch = first_batch(run)
     assert batch["labels"].shape == batch["input_ids"].shape

@@ -154,8 +154,9 @@ def test_a_task_registered_by_a_plugin_runs_from_yaml(lm, tmp_path, monkeypatch)
     try:
         b = build(load_run(run), with_optimizer=False)
         assert type(b.task).__name__ == "LastTokenLM" and b.distiller.kd_denominator == "rows"
-        batch = drop_example_index(next(iter(b.train_loader)))
-        _, terms = b.distiller.dry_run(batch)
+        full = drop_example_index(next(iter(b.train_loader)))
+        _, terms = b.distiller.dry_run(full)
+        batch = full["student"]
         mask = batch["attention_mask"]
         last = mask.sum(-1) - 2  # right padding: the position before each row's last token
         inputs = {"input_ids": batch["input_ids"], "attention_mask": mask,

@@ -14,6 +14,20 @@ from ..teacher_store import TeacherStore
 from .base import AbstractDistiller, CachedTeacherResults, check_model
 
 
+def teacher_mask(results_T: dict, results_S: dict) -> list | None:
+    """The teacher's ``logits_mask``; a teacher without one whose ``(B, L, C)`` logits have the student mask's
+    ``(B, L)`` takes the student's (one tokenisation: the positions are the same, and the student's batch says
+    which count; a causal-LM task gives its teacher no labels). Otherwise None."""
+    mask_T, mask_S = results_T.get("logits_mask"), results_S.get("logits_mask")
+    if mask_T or not mask_S:
+        return mask_T
+    shape = tuple(mask_S[0].shape)
+    if all(isinstance(z, torch.Tensor) and z.dim() == 3 and tuple(z.shape[:2]) == shape  # not a TopKTeacher
+           for z in results_T["logits"]):
+        return mask_S
+    return None
+
+
 class BasicTrainer(AbstractDistiller):
     """Supervised training of one model: the objective is ``sum_j mean(losses_j)`` from its adaptor
     (for Hugging Face models with ``labels`` in the batch, the model's own loss)."""
@@ -111,7 +125,7 @@ class BasicDistiller(AbstractDistiller):
         total, terms = 0.0, {}
         if results_S.get("logits") and results_T.get("logits"):
             kd, tau = self.kd_term(results_S["logits"], results_T["logits"], results_S,
-                                   results_T.get("logits_mask"), results_S.get("logits_mask"), micro)
+                                   teacher_mask(results_T, results_S), results_S.get("logits_mask"), micro)
             total = total + self.weights["kd_loss_weight"] * kd
             terms["unweighted_kd_loss"] = kd
             if isinstance(tau, torch.Tensor):
