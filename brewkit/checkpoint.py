@@ -155,18 +155,23 @@ def reports_write_errors(save: Callable[..., str]) -> Callable[..., str]:
 def save_checkpoint(output_dir: str, step: int, *, student: nn.Module, projections: nn.Module | None,
                     optimizer: Any, scheduler: Any, scaler: Any, rng_state: dict, trainer_state: dict,
                     configs: dict[str, dict], save_total_limit: int | None = None,
-                    extra: dict[str, Any] | None = None) -> str:
-    """Write ``output_dir/checkpoint-{step}`` atomically; prune old ones beyond ``save_total_limit``."""
+                    extra: dict[str, Any] | None = None, staged: str | None = None) -> str:
+    """Write ``output_dir/checkpoint-{step}`` atomically; prune old ones beyond ``save_total_limit``.
+
+    ``staged``: a temporary directory that already holds the sharded student, projections and optimizer
+    (``parallel='fsdp'``, written by every process); then ``student`` / ``projections`` / ``optimizer`` are not
+    written again and the rest is added to it before the rename."""
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"{PREFIX}{step}")
-    tmp = os.path.join(output_dir, f".tmp-{PREFIX}{step}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_student(student, tmp)
-    if projections is not None and len(list(projections.parameters())):
-        save_file({k: v.detach().contiguous().cpu() for k, v in projections.state_dict().items()},
-                  os.path.join(tmp, "projections.safetensors"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    tmp = staged or os.path.join(output_dir, f".tmp-{PREFIX}{step}-{os.getpid()}")
+    if staged is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        save_student(student, tmp)
+        if projections is not None and len(list(projections.parameters())):
+            save_file({k: v.detach().contiguous().cpu() for k, v in projections.state_dict().items()},
+                      os.path.join(tmp, "projections.safetensors"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
     if scheduler is not None:
         torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
     if scaler is not None:
@@ -286,6 +291,15 @@ def save_textbrewer_state_dict(student: nn.Module, output_dir: str, step: int) -
     return path
 
 
+def data_position(step: int, steps_per_epoch: int | None, accumulation: int, batches: int) -> tuple[int, int]:
+    """``(pass, micro-batches to skip)`` after ``step`` optimizer steps: in epoch mode ``steps_per_epoch`` steps
+    per pass; in step mode (None) ``accumulation`` micro-batches per step over passes of ``batches``."""
+    if steps_per_epoch is not None:
+        return step // steps_per_epoch, min((step % steps_per_epoch) * accumulation, batches)
+    done = step * accumulation
+    return done // batches, done % batches
+
+
 class Checkpointer:
     """Saves and restores everything a run needs to continue exactly: the student, the projections, the
     optimizer, LR scheduler and fp16 scaler, the data position, every rank's RNG state, the loss-weight state and
@@ -296,8 +310,10 @@ class Checkpointer:
     """
 
     def __init__(self, output_dir: str, ctx: Any, *, fingerprint: dict, configs: dict[str, dict],
-                 save_total_limit: int | None = None, force_resume: bool = False, student_state_dicts: bool = False):
+                 save_total_limit: int | None = None, force_resume: bool = False, student_state_dicts: bool = False,
+                 trainables: nn.Module | None = None):
         self.output_dir, self.ctx = output_dir, ctx
+        self.trainables = trainables  # parallel='fsdp': the student and projections, saved sharded (brewkit.fsdp)
         self.student_state_dicts = student_state_dicts
         self.fingerprint, self.configs = fingerprint, configs
         self.save_total_limit, self.force_resume = save_total_limit, force_resume
@@ -313,12 +329,14 @@ class Checkpointer:
         cur = cursor.state_dict()
         rng = get_rng_state()
         rng["cursor"] = cur
+        staged = self.stage_sharded(step, stepper.optimizer) if self.trainables is not None else None
         gathered = self.ctx.gather_to_main(rng)
         if not self.ctx.is_main:
             self.ctx.barrier()
             return None
         extra = {f"rng_state_rank{r}": g for r, g in enumerate(gathered)} if self.ctx.world_size > 1 else {}
         state = {"global_step": step, "epoch": cur.get("pass_index"), "batch_in_epoch": cur.get("index"),
+                 "world_size": self.ctx.world_size,
                  "weights": weights, "plan": plan, "fingerprint": self.fingerprint, "brewkit_version": version}
         if self.trainer_state_fields is not None:
             state = {**self.trainer_state_fields(step), **state}
@@ -326,15 +344,35 @@ class Checkpointer:
         path = save_checkpoint(self.output_dir, step, student=student, projections=projections,
                                optimizer=stepper.optimizer, scheduler=stepper.scheduler, scaler=scaler,
                                rng_state=rng, trainer_state=state, configs=self.configs,
-                               save_total_limit=self.save_total_limit, extra=extra)
+                               save_total_limit=self.save_total_limit, extra=extra, staged=staged)
         if self.student_state_dicts:
             save_textbrewer_state_dict(student, self.output_dir, step)
         self.ctx.barrier()
         return path
 
-    def refresh_trainer_state(self, path: str, step: int) -> None:
+    def stage_sharded(self, step: int, optimizer: Any) -> str:
+        """Every process writes its shards into the step's staging directory (one name on every process)."""
+        from .fsdp import save_sharded
+
+        tmp = os.path.join(self.output_dir, f".tmp-{PREFIX}{step}-sharded")
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        self.ctx.barrier()
+        save_sharded(tmp, self.trainables, optimizer)
+        self.ctx.barrier()
+        return tmp
+
+    def refresh_trainer_state(self, path: str, step: int, scheduler: Any = None) -> None:
         """Rewrite the :attr:`trainer_state_fields` keys of checkpoint ``path`` (of ``step``), e.g. after the
-        evaluation at that step; the file is replaced atomically, the other keys are kept."""
+        evaluation at that step, and ``scheduler.pt`` from ``scheduler`` when given (a schedule that follows the
+        evaluation's metric has just stepped); each file is replaced atomically, the other keys are kept."""
+        if scheduler is not None and os.path.isfile(os.path.join(path, "scheduler.pt")):
+            tmp = os.path.join(path, f".tmp-scheduler.pt-{os.getpid()}")
+            torch.save(scheduler.state_dict(), tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(path, "scheduler.pt"))
         if self.trainer_state_fields is None:
             return
         file = os.path.join(path, STATE_FILE)
@@ -358,7 +396,7 @@ class Checkpointer:
         return resume_from
 
     def load(self, path: str, *, student: nn.Module, projections: nn.Module, stepper: Any, cursor: Any,
-             plan: dict) -> dict:
+             plan: dict, accumulation: int = 1) -> dict:
         """Restore a checkpoint into the given objects (and the RNGs); returns its trainer state."""
         from .engine.rng import set_rng_state
 
@@ -372,16 +410,37 @@ class Checkpointer:
             logger.warning("force_resume: loading %s although it was written by a different run", path)
         if ts["plan"] != plan:
             raise CheckpointError(f"{path} was written for a different schedule ({ts['plan']}); this run has {plan}")
-        load_student(student, path)
-        if state["projections"] is not None:
-            projections.load_state_dict(state["projections"])
-        stepper.optimizer.load_state_dict(state["optimizer"])
+        from .fsdp import is_sharded_checkpoint, load_sharded
+
+        if is_sharded_checkpoint(path):  # written under parallel='fsdp', at any world size
+            if self.trainables is None:
+                raise CheckpointError(f"{path} holds a sharded (parallel='fsdp') checkpoint; resume it with "
+                                      "training.parallel: fsdp (at any number of processes)")
+            load_sharded(path, self.trainables, stepper.optimizer)
+        elif self.trainables is not None and self.ctx.world_size > 1:
+            raise CheckpointError(f"{path} is an unsharded checkpoint; resume it with training.parallel: ddp (or in "
+                                  "one process)")
+        else:
+            load_student(student, path)
+            if state["projections"] is not None:
+                projections.load_state_dict(state["projections"])
+            stepper.optimizer.load_state_dict(state["optimizer"])
         if stepper.scheduler is not None and state["scheduler"] is not None:
             stepper.scheduler.load_state_dict(state["scheduler"])
         if stepper.scaler.is_enabled() and state["scaler"] is not None:
             stepper.scaler.load_state_dict(state["scaler"])
         rng = state["extra"].get(f"rng_state_rank{self.ctx.rank}", state["rng_state"])
-        cursor.load_state_dict(rng.pop("cursor"))
+        cursor_state = rng.pop("cursor")
+        saved_world = ts.get("world_size", 1)
+        if saved_world == self.ctx.world_size:
+            cursor.load_state_dict(cursor_state)
+        else:  # another world size: the position follows from the steps done (each rank has its own shard now)
+            logger.warning("resuming %s (written by %d processes) with %d: the data position is recomputed from the "
+                           "step; exact when every optimizer step sees the same examples at both sizes (the same "
+                           "effective batch, an unshuffled or seed-shuffled sampler)", path, saved_world,
+                           self.ctx.world_size)
+            cursor.start_pass(*data_position(ts["global_step"], plan.get("steps_per_epoch"), accumulation,
+                                             len(cursor)))
         set_rng_state(rng)
         logger.info("resumed from %s at step %d", path, ts["global_step"])
         return ts

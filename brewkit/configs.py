@@ -95,6 +95,8 @@ class TrainingConfig(ConfigBase):
     force_resume: bool = False
     clip_projections: bool = False
     checkpoint_format: str = "brewkit"
+    parallel: str = "ddp"  # under torchrun: 'ddp' (replicate) or 'fsdp' (shard; see brewkit.fsdp)
+    fsdp_teachers: str = "shard"  # with parallel='fsdp': 'shard' the frozen teachers too, or 'replicate' them
 
     def __post_init__(self):
         self.gradient_accumulation_steps = check_int(self.gradient_accumulation_steps, "gradient_accumulation_steps",
@@ -148,6 +150,13 @@ class TrainingConfig(ConfigBase):
         self.force_resume = check_bool(self.force_resume, "force_resume")
         self.clip_projections = check_bool(self.clip_projections, "clip_projections")
         check_choice(self.checkpoint_format, "checkpoint_format", list(CHECKPOINT_FORMATS))
+        check_choice(self.parallel, "parallel", ["ddp", "fsdp"])
+        check_choice(self.fsdp_teachers, "fsdp_teachers", ["shard", "replicate"])
+        if self.parallel == "fsdp" and self.fp16:
+            raise ConfigError("fp16 is not supported with parallel='fsdp' (its gradient scaler does not handle "
+                              "sharded gradients here); use bf16", "fp16")
+        if self.parallel == "fsdp" and self.compile:
+            raise ConfigError("compile is not supported with parallel='fsdp' yet; set one of them", "compile")
 
     @property
     def amp_dtype(self):

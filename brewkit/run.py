@@ -22,6 +22,7 @@ from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
 from .engine.rng import forked_rng
 from .errors import AdaptorError, CheckpointError, ConfigError
+from .fsdp import unshard_architectures
 from .evaluation import evaluate
 from .models import load_pretrained, load_tokenizer, read_model_config
 from .run_directory import DIGESTS, RunDirectory, file_digest
@@ -274,13 +275,16 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
         else:
             with forked_rng():
                 final_eval = run_eval(b.student)
+    full_state = b.distiller.consolidated_student_state()  # every rank: a collective when the student is sharded
     if not main:
         return {"rank": b.rank, "steps": steps}
 
     def save_final(path: str) -> None:
         from .model_card import write_model_card
 
-        b.student.save_pretrained(path, safe_serialization=True)
+        b.student.save_pretrained(path, safe_serialization=True, state_dict=full_state)
+        if full_state is not None:
+            unshard_architectures(path)
         b.tokenizer.save_pretrained(path)
         write_model_card(path, run, b, steps=steps, final_eval=final_eval, history=history,
                          train_seconds=time.perf_counter() - t0)

@@ -111,8 +111,8 @@ class TrainingLoop:
             with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
                 callback(model=self.model_S, step=step)
             self.model_S.train()
-            if path is not None:  # the evaluation of this step joins the log_history of its checkpoint
-                s.checkpointer.refresh_trainer_state(path, step)
+            if path is not None:  # the evaluation of this step joins its checkpoint (log_history, a metric schedule)
+                s.checkpointer.refresh_trainer_state(path, step, scheduler=s.stepper.scheduler)
             stop = self.stop.agreed(s.ctx.world_size)  # the callback asked to stop (early stopping)
             if stop and not saved:
                 path = sessions.save_checkpoint(self, s)
@@ -122,6 +122,15 @@ class TrainingLoop:
             logger.warning("interrupted (%s): saved a checkpoint at step %d and stopped", self.stop.reason, step)
             self.interrupted, self.stop_reason = True, self.stop.reason
         return stop
+
+    def consolidated_student_state(self) -> dict | None:
+        """The student's whole state dict on rank 0 when ``train()`` sharded it (``parallel='fsdp'`` under
+        torchrun; every process must call this: it is a collective), else None (the student is whole)."""
+        if not any(hasattr(p, "full_tensor") for p in self.model_S.parameters()):
+            return None
+        from ..fsdp import full_state_dict
+
+        return full_state_dict(self.model_S)
 
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and return after the current optimizer step."""

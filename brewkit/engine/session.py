@@ -15,7 +15,8 @@ import torch
 
 from .. import __version__
 from ..checkpoint import Checkpointer
-from ..distributed import DistributedContext
+from .. import fsdp
+from ..distributed import DistributedContext, Trainables
 from ..errors import ConfigError, NonFiniteLossError
 from ..logging_utils import logger
 from .batches import move_to_device, split_batch, split_example_index
@@ -37,6 +38,7 @@ class TrainingSession:
     logger: StepLogger
     autocast: Any
     ddp: Any  # the DDP wrapper of the trainables, or None
+    sharded: list  # parallel='fsdp' with several processes: the sharded student and projections
     normalise: bool  # effective-batch normalisation of the loss terms (while ``masks_agree()``)
     masks_agree: Callable[[], bool]  # the adaptor's inputs_mask is the batch's mask (found on the first batch)
     accumulation: int  # micro-batches per optimizer step
@@ -85,7 +87,9 @@ class TrainingSession:
                                 None if factors is None else factors[j], task)
 
     def gradient_sync(self, j: int, n: int) -> Any:
-        """DDP all-reduces gradients once per optimizer step, on its last micro-batch."""
+        """DDP all-reduces (FSDP reduce-scatters) gradients once per optimizer step, on its last micro-batch."""
+        if self.sharded:
+            fsdp.set_gradient_sync(self.sharded, j == n - 1)
         return contextlib.nullcontext() if self.ddp is None or j == n - 1 else self.ddp.no_sync()
 
     def check_finite(self, step: int, loss: torch.Tensor, terms: dict, check: bool,
@@ -135,10 +139,19 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
     distiller.prepare_models()
     store = distiller.teacher_store = distiller.open_teacher_store()
     distiller.add_projections_to(optimizer)
-    ddp = None
-    if ctx.world_size > 1:
-        ddp = ctx.wrap(distiller.model_S, [p for p in distiller.projs if p is not None],
-                       tc.ddp_find_unused_parameters)
+    fingerprint = distiller.fingerprint()  # before sharding renames the model classes
+    ddp, trainables, sharded = None, None, []
+    projections = [p for p in distiller.projs if p is not None]
+    if tc.parallel == "fsdp":  # sharded under torchrun; checkpoints in the sharded format at any world size
+        if ctx.world_size > 1:
+            trainables = fsdp.shard_trainables(distiller.model_S, projections, optimizer, tc.amp_dtype)
+            if tc.fsdp_teachers == "shard":
+                fsdp.shard_teachers(distiller.teachers(), tc.amp_dtype)
+            sharded = [distiller.model_S, *projections]
+        else:
+            trainables = Trainables(distiller.model_S, projections)
+    elif ctx.world_size > 1:
+        ddp = ctx.wrap(distiller.model_S, projections, tc.ddp_find_unused_parameters)
         distiller.student_forward = ddp
     stepper = OptimizerStepper(optimizer, build_scheduler(optimizer, *scheduler), distiller.clipped_parameters(),
                                max_grad_norm=max_grad_norm,
@@ -148,9 +161,9 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
     configs = {"training_config": tc.to_dict()}
     if distiller.d_config is not None:
         configs["distillation_config"] = distiller.d_config.to_dict()
-    checkpointer = Checkpointer(tc.output_dir, ctx, fingerprint=distiller.fingerprint(), configs=configs,
+    checkpointer = Checkpointer(tc.output_dir, ctx, fingerprint=fingerprint, configs=configs,
                                 save_total_limit=tc.save_total_limit, force_resume=tc.force_resume,
-                                student_state_dicts=tc.checkpoint_format == "textbrewer")
+                                student_state_dicts=tc.checkpoint_format == "textbrewer", trainables=trainables)
     distiller.global_step = 0
     distiller.interrupted, distiller.stop_reason = False, None
     distiller.weights = distiller.initial_weights()
@@ -161,7 +174,8 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
         cursor.start_pass(0)
     else:
         state = checkpointer.load(resumed, student=distiller.model_S, projections=distiller.projection_modules(),
-                                  stepper=stepper, cursor=cursor, plan=plan.state_dict())
+                                  stepper=stepper, cursor=cursor, plan=plan.state_dict(),
+                                  accumulation=tc.gradient_accumulation_steps)
         distiller.global_step = state["global_step"]
         distiller.weights = dict(state["weights"])
     writer = MetricsWriter(tc.output_dir, tc.log_dir, enabled=ctx.is_main)
@@ -173,7 +187,7 @@ def open_session(distiller: Any, optimizer: torch.optim.Optimizer, dataloader: I
     session = TrainingSession(
         plan=plan, ctx=ctx, stepper=stepper, cursor=cursor, checkpointer=checkpointer, logger=step_logger,
         autocast=torch.autocast(ctx.device.type, dtype=tc.amp_dtype, enabled=tc.amp_dtype is not None),
-        ddp=ddp, normalise=distiller.normalises_effective_batch(), masks_agree=distiller.masks_agree,
+        ddp=ddp, sharded=sharded, normalise=distiller.normalises_effective_batch(), masks_agree=distiller.masks_agree,
         split_task=distiller.split_task, store=store,
         accumulation=tc.gradient_accumulation_steps, skip_nonfinite=tc.skip_nonfinite_steps, resumed_from=resumed)
     distiller.stop.control_group = ctx.control_group

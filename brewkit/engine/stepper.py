@@ -39,6 +39,8 @@ class OptimizerStepper:
         elif want_norm or self.skip_nonfinite:
             grads = [p.grad for p in self.params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if norm is not None and hasattr(norm, "full_tensor"):  # sharded gradients (FSDP): the whole model's norm
+            norm = norm.full_tensor()
         skipped = False
         if self.skip_nonfinite and not fp16:
             ok = torch.isfinite(norm) if norm is not None else torch.ones((), dtype=torch.bool)
