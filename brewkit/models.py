@@ -37,19 +37,33 @@ from .errors import BrewkitError, ConfigError, brief
 from .layer_surgery import InitReport, check_layer_indices, init_from_teacher, keep_layers
 from .paths import PKG_PREFIX, resolve_path, split_pkg
 from .registry import Registry
+from .tasks import TASKS
 from .validation import check_keys, is_int
 
 MODEL_BUILDERS = Registry("MODEL_BUILDERS", "model builder")
 """Model builders: ``fn(**args) -> nn.Module`` or ``-> (model, tokenizer)``; YAML: ``builder: NAME``."""
 
-TASKS = {
-    "sequence_classification": "AutoModelForSequenceClassification",
-    "token_classification": "AutoModelForTokenClassification",
-    "causal_lm": "AutoModelForCausalLM",
+HEADS = {
     "masked_lm": "AutoModelForMaskedLM",
     "base": "AutoModel",
 }
-LABELLED_TASKS = ("sequence_classification", "token_classification")
+"""Model heads a section may build besides the training tasks (``brewkit.tasks.TASKS``, which name their own
+auto class): ``task: masked_lm`` / ``task: base`` build such a model (e.g. a source of layers)."""
+
+
+def task_names() -> list[str]:
+    """Every ``task`` a model section takes: the registered training tasks, then :data:`HEADS`."""
+    return list(TASKS) + [h for h in HEADS if h not in TASKS]
+
+
+def auto_class_name(task: str) -> str:
+    """The transformers Auto class that builds a model for ``task`` (``AutoModelForCausalLM``)."""
+    return TASKS[task].auto_class if task in TASKS else HEADS[task]
+
+
+def is_labelled(task: str) -> bool:
+    """Whether ``task``'s head size comes from the number of labels (a classification task)."""
+    return task in TASKS and bool(TASKS[task].labelled)
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 # None means float32: checkpoints are often stored in half precision, and training wants fp32 weights
 # (mixed precision is the trainer's job). "auto" keeps a checkpoint's dtype (float32 for random models).
@@ -178,13 +192,14 @@ class ModelSpec:
                               "pkg://...), config (model_type and sizes) or builder, or, for a student, "
                               "init_from_teacher")
 
-        if self.task not in TASKS:
-            raise ConfigError(f"must be one of {', '.join(TASKS)}; got {self.task!r}", "task")
+        if not isinstance(self.task, str) or self.task not in task_names():
+            raise ConfigError(f"must be one of {', '.join(task_names())}; got {self.task!r}", "task")
         if self.num_labels is not None:
             if not is_int(self.num_labels) or self.num_labels < 1:
                 raise ConfigError(f"must be a positive integer or null, got {self.num_labels!r}", "num_labels")
-            if self.task not in LABELLED_TASKS:
-                raise ConfigError(f"is only used with task {' or '.join(LABELLED_TASKS)}, "
+            if not is_labelled(self.task):
+                labelled = [t for t in task_names() if is_labelled(t)]
+                raise ConfigError(f"is only used with task {' or '.join(labelled)}, "
                                   f"not {self.task!r}", "num_labels")
         if self.tokenizer is not None:
             self.tokenizer = _nonempty_str(self.tokenizer, "tokenizer")
@@ -393,7 +408,7 @@ def load_pretrained(auto_class: Any, location: str, error: Callable[[str], Brewk
 
 # -- building -------------------------------------------------------------------------------------------
 def _auto_class(task: str):
-    return getattr(transformers, TASKS[task])
+    return getattr(transformers, auto_class_name(task))
 
 
 def _dtype_kwargs(spec: ModelSpec, *, checkpoint: bool) -> dict[str, Any]:
@@ -406,11 +421,11 @@ def _dtype_kwargs(spec: ModelSpec, *, checkpoint: bool) -> dict[str, Any]:
 def _check_task(spec: ModelSpec, config) -> None:
     if type(config) not in _auto_class(spec.task)._model_mapping:
         raise ConfigError(f"{config.model_type!r} models have no {spec.task} head "
-                          f"({TASKS[spec.task]} does not cover {type(config).__name__})", "task")
+                          f"({auto_class_name(spec.task)} does not cover {type(config).__name__})", "task")
 
 
 def _num_labels(spec: ModelSpec, num_labels: int | None) -> int | None:
-    if spec.task not in LABELLED_TASKS:
+    if not is_labelled(spec.task):
         return None
     if num_labels is not None and spec.num_labels is not None and num_labels != spec.num_labels:
         raise ConfigError(f"is {spec.num_labels} but the data has {num_labels} labels", "num_labels")
@@ -511,7 +526,7 @@ def build_model_with_report(spec: ModelSpec, num_labels: int | None = None, teac
                               "give the student a path, config or builder", "init_from_teacher")
         config = copy.deepcopy(teacher_config)
         config.num_hidden_layers = len(spec.init_from_teacher["layers"])
-        if n_labels is None and spec.task in LABELLED_TASKS:
+        if n_labels is None and is_labelled(spec.task):
             n_labels = teacher_config.num_labels
         model = _from_config(spec, config, n_labels)
 

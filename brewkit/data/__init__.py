@@ -5,7 +5,7 @@
 ``load_splits`` -> ``tokenize_dataset`` -> ``TokenizedDataset`` + a batch sampler + a collator.
 """
 from .augment import AugmentConfig, NeighbourAugmenter, augmenter_for
-from .collate import PadCollator, PairCollator
+from .collate import PadCollator, PairCollator, SelectCollator
 from .config import FORMATS, DataConfig, SplitRule, infer_format, resolve_data_path
 from .loaders import TokenizedDataset, build_dataloaders, resolve_loader_settings
 from .loading import load_splits, read_table, split_by_group
@@ -15,5 +15,5 @@ from .tokenization import CacheDirError, check_cache_dir, default_cache_dir, tok
 __all__ = ["DataConfig", "SplitRule", "AugmentConfig", "NeighbourAugmenter", "augmenter_for", "FORMATS",
            "infer_format", "resolve_data_path", "load_splits", "read_table", "split_by_group", "tokenize_dataset",
            "tokenizer_fingerprint", "default_cache_dir", "check_cache_dir", "CacheDirError", "PadCollator",
-           "PairCollator", "LengthGroupedBatchSampler", "RandomBatchSampler", "TokenizedDataset", "build_dataloaders",
-           "resolve_loader_settings"]
+           "PairCollator", "SelectCollator", "LengthGroupedBatchSampler", "RandomBatchSampler", "TokenizedDataset",
+           "build_dataloaders", "resolve_loader_settings"]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .collate import PadCollator, PairCollator
+from .collate import PadCollator, PairCollator, SelectCollator
 from .config import DataConfig
 from .loading import load_splits
 from .sampler import LengthGroupedBatchSampler, RandomBatchSampler
@@ -85,7 +85,8 @@ def resolve_loader_settings(cfg: DataConfig, device: str | torch.device) -> dict
 
 def build_dataloaders(cfg: DataConfig, tokenizer_T, tokenizer_S=None, seed: int = 0, num_replicas: int = 1,
                       rank: int = 0, device: str | torch.device = "cpu", base_dir: str | None = None,
-                      augment: Callable[[dict], dict] | None = None):
+                      augment: Callable[[dict], dict] | None = None, task=None,
+                      model_inputs: tuple[frozenset[str] | None, frozenset[str] | None] | None = None):
     """``(train_loader, eval_loader)``; ``eval_loader`` is None when the config has no eval set.
 
     Batches are dicts of tensors (see :class:`PadCollator`). When ``tokenizer_S`` is given and tokenizes
@@ -96,22 +97,30 @@ def build_dataloaders(cfg: DataConfig, tokenizer_T, tokenizer_S=None, seed: int 
     are sharded: every rank gets the same number of batches and, together, every example once, so
     evaluation results must be gathered across ranks (by ``idx``). ``augment`` grows the training rows (see
     :func:`load_splits`); the eval loader never sees altered rows.
+
+    ``task`` (a :class:`brewkit.tasks.Task`; None: sequence classification) reads and encodes the rows its way
+    and may add ``position_ids``. ``model_inputs`` = ``(teacher_keys, student_keys)``: the batch keys each
+    model takes (:meth:`brewkit.tasks.Task.model_inputs`); batches then carry only those, as ``{'teacher',
+    'student'}`` parts when the two differ (:class:`SelectCollator`).
     """
     check_cache_dir(cfg)  # a cache path that is a file or read-only: one line now, not a datasets traceback
-    train, evaluation = load_splits(cfg, base_dir, augment)
+    train, evaluation = load_splits(cfg, base_dir, augment, rows=getattr(task, "rows", "text"))
     paired = tokenizer_S is not None and tokenizer_fingerprint(tokenizer_S) != tokenizer_fingerprint(tokenizer_T)
-    pad = {"padding": cfg.padding, "max_length": cfg.max_length, "pad_to_multiple_of": cfg.pad_to_multiple_of}
+    pad = {"padding": cfg.padding, "max_length": cfg.max_length, "pad_to_multiple_of": cfg.pad_to_multiple_of,
+           "padding_side": cfg.padding_side, "position_ids": bool(getattr(task, "position_ids", False))}
     collate = PadCollator.for_tokenizer(tokenizer_T, **pad)
     if paired:
         collate = PairCollator(collate, PadCollator.for_tokenizer(tokenizer_S, **pad))
+    if model_inputs is not None:
+        collate = SelectCollator(collate, *model_inputs)
     num_labels = len(cfg.labels) if cfg.labels is not None else None
-    if num_labels is None and "label" in train.column_names:
+    if num_labels is None and "label" in train.column_names and getattr(task, "rows", "text") == "text":
         num_labels = max(train["label"][:]) + 1
     settings = resolve_loader_settings(cfg, device)
 
     def loader(split, batch_size: int, shuffle: bool) -> DataLoader:
-        tok_T = tokenize_dataset(split, tokenizer_T, cfg)
-        tok_S = tokenize_dataset(split, tokenizer_S, cfg) if paired else None
+        tok_T = tokenize_dataset(split, tokenizer_T, cfg, task)
+        tok_S = tokenize_dataset(split, tokenizer_S, cfg, task) if paired else None
         data = TokenizedDataset(tok_T, tok_S, num_labels)
         common = {"seed": seed, "shuffle": shuffle, "num_replicas": num_replicas, "rank": rank,
                   "drop_last": cfg.drop_last and shuffle}

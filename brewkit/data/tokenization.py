@@ -93,29 +93,43 @@ def _data_fingerprint(ds, columns: list[str]) -> str:
     return h.hexdigest()
 
 
-def _encode_batch(batch: dict, indices: list[int] | None = None, *, tokenizer, max_length: int) -> dict:
-    enc = tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
+def encode_texts(rows: dict, *, tokenizer, max_length: int) -> dict:
+    """Rows ``text`` [, ``text_pair``] [, ``label``] (lists) -> ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` (when the tokenizer gives them), ``length`` and ``labels`` (the label ids): what a
+    sequence-classification row becomes (``brewkit.tasks.Task.encode``)."""
+    enc = tokenizer(rows["text"], rows.get("text_pair"), truncation=True, max_length=max_length)
     out = {k: enc[k] for k in TOKEN_COLUMNS if k in enc}
     out["length"] = [len(ids) for ids in enc["input_ids"]]
-    if "label" in batch:
-        out["labels"] = batch["label"]
+    if "label" in rows:
+        out["labels"] = rows["label"]
+    return out
+
+
+def _encode_batch(batch: dict, indices: list[int] | None = None, *, tokenizer, max_length: int, task=None,
+                  cfg: DataConfig | None = None) -> dict:
+    out = task.encode(batch, tokenizer, cfg) if task is not None else \
+        encode_texts(batch, tokenizer=tokenizer, max_length=max_length)
     if indices is not None:
         out["idx"] = indices
     return out
 
 
-def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
+def tokenize_dataset(ds, tokenizer, cfg: DataConfig, task=None):
     """``ds`` (columns ``text`` [, ``text_pair``] [, ``label``] [, ``idx``]) tokenised, from cache when possible.
 
     Returns a ``datasets.Dataset`` with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the
     tokenizer gives them), ``length``, ``labels`` (when ``ds`` has ``label``) and ``idx`` (taken from ``ds``,
-    or the row number). Rows are truncated to ``cfg.max_length`` and not padded.
+    or the row number). Rows are truncated to ``cfg.max_length`` and not padded. ``task`` (a
+    :class:`brewkit.tasks.Task`) encodes the rows its own way (:meth:`~brewkit.tasks.Task.encode`: token labels,
+    next-token targets); None: :func:`encode_texts`.
     """
     import datasets
 
     text_columns = [c for c in ("text", "text_pair", "label", "idx") if c in ds.column_names]
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, tokenizer_fingerprint(tokenizer), cfg.max_length,
-                                     _data_fingerprint(ds, text_columns)]).encode()).hexdigest()[:32]
+    parts = [CACHE_VERSION, tokenizer_fingerprint(tokenizer), cfg.max_length, _data_fingerprint(ds, text_columns)]
+    if task is not None:
+        parts.append(task.fingerprint(cfg, tokenizer))
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     path = os.path.join(cfg.cache_dir or default_cache_dir(), "tokenized", f"{key}.arrow")
     if os.path.isfile(path):
         logger.info("tokenised data from cache %s", path)
@@ -124,5 +138,5 @@ def tokenize_dataset(ds, tokenizer, cfg: DataConfig):
     drop = [c for c in ds.column_names if c != "idx"]
     # datasets writes a temporary file and renames it, so a reader (another rank) never sees half a file.
     return ds.map(_encode_batch, batched=True, with_indices=not has_idx, remove_columns=drop,
-                  fn_kwargs={"tokenizer": tokenizer, "max_length": cfg.max_length},
+                  fn_kwargs={"tokenizer": tokenizer, "max_length": cfg.max_length, "task": task, "cfg": cfg},
                   cache_file_name=path, new_fingerprint=key, load_from_cache_file=False, desc="Tokenizing")
