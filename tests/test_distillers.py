@@ -519,3 +519,41 @@ def test_effective_batch_normalisation_without_a_mask_counts_rows(tmp_path):
         torch.optim.SGD(ref.parameters(), lr=0.5), batches, num_steps=1)
     for a, b in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["kl", "jsd", "tvd"])
+def test_fused_kd_from_the_student_lm_head_equals_the_plain_form(tmp_path, loss):
+    """kd_implementation='fused' (student hidden states x its LM head, no student logits in the loss) gives the
+    plain form's KD term and the same gradients, on a tiny GPT-2 pair; a soft-capping student is refused."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def gpt2(layers, seed):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=layers, n_head=2,
+                                          resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+
+    teacher = gpt2(2, 0)
+    ids = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    grads, values = {}, {}
+    for impl in ("plain", "fused"):
+        student = gpt2(1, 2)
+        dc = DistillationConfig(temperature=2.0, kd_loss_type=loss, kd_implementation=impl,
+                                kd_temperature_squared=True)
+        d = BasicDistiller(tcfg(tmp_path), dc, teacher, student)
+        d.prepare_models()
+        total, terms = d.train_on_batch(batch, {})
+        total.backward()
+        d.restore_teacher_flags()
+        values[impl] = float(terms["unweighted_kd_loss"].detach())
+        grads[impl] = [p.grad.clone() for p in student.parameters()]
+    assert values["fused"] == pytest.approx(values["plain"], rel=1e-5, abs=1e-7)
+    for a, b in zip(grads["plain"], grads["fused"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    student = gpt2(1, 2)
+    student.config.final_logit_softcapping = 30.0
+    d = BasicDistiller(tcfg(tmp_path), DistillationConfig(kd_loss_type=loss, kd_implementation="fused"), teacher,
+                       student)
+    d.prepare_models()
+    with pytest.raises(ConfigError, match="final_logit_softcapping"):
+        d.train_on_batch(batch, {})

@@ -26,6 +26,7 @@ from ..engine.micro_batch import MicroBatch, scale_of
 from ..engine.stop import StopSignal
 from ..errors import AdaptorError, ConfigError
 from ..logging_utils import ensure_default_handler, logger
+from ..losses.divergences import kd_loss_implementation
 from ..losses.sparse import TopKTeacher, sparse_form, sparse_kd_loss
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP
 from ..teacher_store import CapturedTeacherStore, TeacherStore, open_store
@@ -93,6 +94,9 @@ class AbstractDistiller(TrainingLoop):
         self.adaptor_T, self.adaptor_S = adaptor_T, adaptor_S
         self.device = torch.device(train_config.device)
         self.kd_loss = KD_LOSS_MAP[distill_config.kd_loss_type] if distill_config else None
+        self.kd_implementation = distill_config.kd_implementation if distill_config else "plain"
+        if self.kd_implementation != "plain":  # chunked: same call; fused: student hidden states + output layer
+            self.kd_loss = kd_loss_implementation(distill_config.kd_loss_type, self.kd_implementation)
         self.kd_loss_args = dict(getattr(distill_config, "kd_loss_args", None) or {})
         self._kd_takes_t2 = self.kd_loss is not None and accepts(self.kd_loss, "temperature_squared")
         self.temperature_scheduler = distill_config.temperature_scheduler_fn() if distill_config else None
@@ -196,7 +200,7 @@ class AbstractDistiller(TrainingLoop):
     # -- public hooks -----------------------------------------------------------------------------------
     def needed_features(self) -> set[str]:
         """Features (``hidden``, ``attention``, ...) the loss reads; Hugging Face models are asked for them."""
-        return set()
+        return {"hidden"} if self.kd_implementation == "fused" else set()
 
     def store_fingerprint_parts(self) -> dict:
         """Besides the teachers' weights, what decides the stored teacher results (see the teacher store)."""
@@ -381,7 +385,9 @@ class AbstractDistiller(TrainingLoop):
                     raise AdaptorError("probability_shift needs 'labels' from adaptor_S")
                 zt = probability_shift_(zt.clone(), labels[k] if len(labels) > k else labels[0])
             tau = self.temperature_scheduler(zs, zt, d.temperature) if self.temperature_scheduler else d.temperature
-            if d.kd_temperature_squared and self._kd_takes_t2:
+            if self.kd_implementation == "fused":
+                loss = self.fused_kd(results_S, zt, tau, mask_S[k if len(mask_S) > k else 0] if mask_S else None)
+            elif d.kd_temperature_squared and self._kd_takes_t2:
                 loss = self.kd_loss(zs, zt, tau, temperature_squared=True, **self.kd_loss_args)
             elif d.kd_temperature_squared:
                 if isinstance(tau, torch.Tensor) and tau.dim() > 0:
@@ -401,6 +407,39 @@ class AbstractDistiller(TrainingLoop):
         kind = sparse_form(KD_LOSS_MAP.meta(d.kd_loss_type).get("kind"), d.kd_loss_type)
         return sparse_kd_loss(kind, logits_S, teacher.to(logits_S.device, non_blocking=True), d.temperature,
                               temperature_squared=bool(d.kd_temperature_squared), **self.kd_loss_args)
+
+    def fused_kd(self, results_S: dict, logits_T: torch.Tensor, tau: Any, mask_S: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """``kd_implementation='fused'``: the KD term from the student's last hidden states and its output layer
+        (``get_output_embeddings()``), so that its ``(N, V)`` logits never exist; the teacher's (selected) logits
+        as they are. The rows are the student's ``logits_mask`` positions, as in the plain form."""
+        d = self.d_config
+        hidden = results_S.get("hidden")
+        if not hidden:
+            raise AdaptorError("kd_implementation='fused' needs the student's hidden states ('hidden'); leave "
+                               "adaptor_S out for Hugging Face models or return them")
+        h = hidden[-1]
+        if mask_S is not None and h.dim() == 3:
+            h = h[mask_S.to(h.device).bool()]
+        head = self.student_output_layer()
+        return self.kd_loss(h, head.weight, logits_T, bias_S=head.bias, temperature=tau,
+                            temperature_squared=d.kd_temperature_squared, **self.kd_loss_args)
+
+    def student_output_layer(self) -> nn.Module:
+        """The student's output layer (Hugging Face ``get_output_embeddings()``) for the fused KD form."""
+        get = getattr(unwrap(self.model_S), "get_output_embeddings", None)
+        head = get() if get is not None else None
+        if not isinstance(head, nn.Linear):
+            raise ConfigError(f"kd_implementation='fused' needs a student whose get_output_embeddings() is an "
+                              f"nn.Linear (a Hugging Face LM head); {type(unwrap(self.model_S)).__name__} has "
+                              f"{type(head).__name__ if head is not None else 'none'}; use 'chunked'",
+                              "kd_implementation")
+        cap = getattr(getattr(unwrap(self.model_S), "config", None), "final_logit_softcapping", None)
+        if cap:
+            raise ConfigError(f"the student soft-caps its logits (final_logit_softcapping={cap}); the fused form "
+                              "would have to cap the student's logits but not the teacher's (already capped by its "
+                              "forward): use kd_implementation 'chunked' or 'plain'", "kd_implementation")
+        return head
 
     @staticmethod
     def hard_label_term(results_S: dict) -> torch.Tensor | None:

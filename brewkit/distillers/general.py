@@ -46,7 +46,7 @@ class GeneralDistiller(BasicDistiller):
                 self.projs_group.append({})
 
     def needed_features(self) -> set[str]:
-        return {m.feature for m in self.matches}
+        return super().needed_features() | {m.feature for m in self.matches}
 
     def store_fingerprint_parts(self) -> dict:
         return {**super().store_fingerprint_parts(), "matches": [[m.feature, m.layer_T] for m in self.matches]}
