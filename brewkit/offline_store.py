@@ -165,10 +165,12 @@ def run_items(data: Any, task: Any, task_name: str, tokenizer: Any) -> dict:
     """The items a training run and its store share: tokenizer, data, max_length, task, positions and the data
     settings (``data.<key>``)."""
     from .data import tokenizer_fingerprint
+    from .paths import resolve_path
 
-    if not data.train_file or not os.path.isfile(data.train_file):
+    train_file = resolve_path(data.train_file, None, "data.train_file") if data.train_file else None
+    if not train_file or not os.path.isfile(train_file):
         raise ConfigError(f"the train file {brief(data.train_file)} does not exist", "data.train_file")
-    items = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": file_sha256(data.train_file),
+    items = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": file_sha256(train_file),
              "max_length": data.max_length, "task": task_name,
              "positions": [task.positions(data), *[str(x) for x in task.fingerprint(data, tokenizer)]]}
     for key in DATA_KEYS:
@@ -359,18 +361,19 @@ def human_bytes(n: float) -> str:
 # -- training from a store -----------------------------------------------------------------------------------
 def check_distillation(dc: Any, manifest: Mapping, prefix: str = "distillation.") -> None:
     """What a run from a store cannot compute is a ConfigError at the ``distillation`` field: intermediate
-    matches (no features are stored), ``probability_shift`` and the per-example caches (no teacher logits),
-    the fused form (it takes the student's hidden states with a dense teacher), and for a top-k store a KD
-    loss without a sparse form, a temperature scheduler, ``softcap``, or a temperature the store cannot
-    represent (:func:`brewkit.losses.sparse.check_temperature`)."""
+    matches (no features are stored), the per-example caches (the teacher is read from a store already), the
+    fused form (it takes the student's hidden states with a dense teacher), and for a top-k store a KD loss
+    without a sparse form, ``probability_shift``, a temperature scheduler, ``softcap``, or a temperature the
+    store cannot represent (:func:`brewkit.losses.sparse.check_temperature`). A classification store holds
+    the full logits: every KD loss and temperature works from it."""
     from .presets import KD_LOSS_MAP
 
     if dc.intermediate_matches:
         raise ConfigError("a captured teacher store holds the teacher's logits only, so intermediate matches have "
                           "no teacher features; remove them or distill from the live teacher",
                           f"{prefix}intermediate_matches")
-    if dc.probability_shift:
-        raise ConfigError("needs the teacher's full logits and the labels; a teacher store keeps only its top-k "
+    if dc.probability_shift and manifest["kind"] == "topk":
+        raise ConfigError("needs the teacher's full logits and the labels; a top-k store keeps only the top-k "
                           "log-probabilities", f"{prefix}probability_shift")
     if dc.is_caching_logits or dc.teacher_cache != "none":
         field = "is_caching_logits" if dc.is_caching_logits else "teacher_cache"

@@ -615,3 +615,28 @@ def test_capture_and_training_from_the_store_under_ddp_equal_live_ddp_training(l
     a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
     for name, w in a.items():
         torch.testing.assert_close(b[name], w, rtol=0, atol=1e-5)
+
+
+# -- sequence classification: the full logits ----------------------------------------------------------------------
+def test_a_classification_store_holds_the_logits_and_trains_the_live_student(tmp_path):
+    """One record of (C,) float32 logits per example; mse (which has no top-k form) and any temperature work,
+    and the student equals the live-teacher one."""
+    from helpers import make_cli_assets, run_dict
+
+    assets = make_cli_assets(tmp_path)
+    live = run_dict(assets, tmp_path / "live")
+    live["distillation"] = {"temperature": 3, "kd_loss_type": "mse", "hard_label_weight": 1}
+    live["data"]["eval_file"] = None
+    live["evaluation"] = {"metric": "accuracy"}
+    live["training"] = {**live["training"], "optimizer": {"name": "sgd", "lr": 0.5}}
+    path = write(tmp_path / "live.yaml", live)
+    summary = capture_cli(path, tmp_path / "store")
+    m = read_manifest(str(tmp_path / "store"))
+    assert summary["kind"] == "logits" and (m["classes"], m["dtype"], m["record_bytes"]) == (2, "float32", 8)
+    assert os.path.getsize(tmp_path / "store" / "data-rank0.bin") == 8 * 32
+    assert cli("train", path)[0] == 0
+    code, _, err = cli("train", write(tmp_path / "s.yaml", store_run(live, tmp_path / "store", tmp_path / "from")))
+    assert code == 0, err
+    a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
+    for name, w in a.items():
+        torch.testing.assert_close(b[name], w, rtol=0, atol=1e-6)
