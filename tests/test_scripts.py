@@ -146,3 +146,104 @@ def test_bench_vocab_runs_each_form_of_a_divergence_at_small_sizes(capsys):
     assert report["machine"]["cpu"] and isinstance(report["machine"]["bf16_flags"], list)
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):]) == report
+
+
+@pytest.mark.slow
+def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path, capsys):
+    """scripts/bench_offline.py --quick: a store per k with the record size of k ids (uint16) + k log-probs + the
+    tail (float16), a run from each store, and the full-vocabulary store's student as good as the live one's."""
+    out = tmp_path / "bench"
+    results = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1"])
+    assert json.loads((out / "results_offline.json").read_text()) == results
+    vocab = 30522
+    for name, k in (("k8", 8), ("k64", 64), ("kfull", vocab)):
+        store = results["stores"][name]
+        assert store["k"] == k and store["record_bytes"] == 4 * k + 2
+        assert store["bytes_per_token"] >= store["record_bytes"] and store["positions"] > 0
+    assert set(results["runs"]) == {"live", "student_alone", "store_k8", "store_k64", "store_kfull"}
+    for run in results["runs"].values():
+        assert run["perplexity"] > 1 and run["peak_rss_mb"] > 0 and run["steps"] == 3
+    assert results["runs"]["store_kfull"]["perplexity"] == pytest.approx(results["runs"]["live"]["perplexity"],
+                                                                         rel=1e-3)
+    assert "B/token" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def quick_demo_lm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_lm")
+    return out, _script("demo_lm").main(["--quick", "--output-dir", str(out)])
+
+
+@pytest.mark.slow
+def test_demo_lm_quick_writes_results_from_each_stage(quick_demo_lm):
+    """scripts/demo_lm.py --quick: three YAML stages (teacher trained alone, student distilled, the same student
+    alone); results_lm.json holds each stage's own held-out evaluation."""
+    import yaml
+
+    out, results = quick_demo_lm
+    assert json.loads((out / "results_lm.json").read_text()) == results
+    for stage, key in (("teacher", "teacher_perplexity"), ("student", "student_perplexity"),
+                       ("baseline", "baseline_perplexity")):
+        summary = json.loads((out / stage / "summary.json").read_text())
+        assert results[key] == summary["eval_perplexity"] > 1
+        assert results[f"{stage}_steps"] == summary["steps"]
+    assert results["student_teacher_agreement"] == json.loads((out / "student" / "summary.json").read_text())[
+        "eval_teacher_agreement"]
+    assert results["teacher_parameters"] > results["student_parameters"] > 0 and results["quick"] is True
+    distilled = yaml.safe_load((out / "student" / "run.yaml").read_text())
+    baseline = yaml.safe_load((out / "baseline" / "run.yaml").read_text())
+    assert distilled["task"] == baseline["task"] == "causal_lm"
+    assert distilled["teacher"]["path"] == str(out / "teacher" / "final")
+    assert baseline.get("teacher") is None and baseline["distiller"] == "train"
+    assert distilled["student"] == baseline["student"]  # the same architecture (and seed: the same init)
+
+
+@pytest.mark.slow
+def test_demo_lm_configs_validate_and_start_from_the_same_student(quick_demo_lm, tmp_path):
+    """`brewkit validate` prints the plan of each causal-LM config; stages 2 and 3 build the same initial
+    student (the comparison is fair)."""
+    import contextlib
+    import io
+
+    import torch
+
+    from brewkit import runfile
+    from brewkit.build import build
+    from brewkit.cli import main
+
+    out, _ = quick_demo_lm
+    quick = _script("demo_lm").QUICK
+    students = {}
+    for name in ("teacher", "distill", "baseline"):
+        sets = quick["common"] + quick[name] + [f"output_dir={tmp_path / name}"]
+        if name == "distill":
+            sets.append(f"teacher.path={out / 'teacher' / 'final'}")
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["validate", os.path.join(REPO, "configs", f"demo_lm_{name}.yaml"),
+                         *[a for s in sets for a in ("--set", s)]])
+        assert code == 0
+        lines = stdout.getvalue().splitlines()
+        assert "task: causal_lm (AutoModelForCausalLM)" in lines and lines[-1] == "ok: the run file is valid"
+        if name != "teacher":
+            students[name] = build(runfile.load_run(os.path.join(REPO, "configs", f"demo_lm_{name}.yaml"), sets),
+                                   with_optimizer=False).student.state_dict()
+    assert all(torch.equal(students["distill"][k], students["baseline"][k]) for k in students["baseline"])
+
+
+@pytest.mark.slow
+def test_bench_parallel_times_ddp_and_fsdp_and_fsdp_holds_less_state(capsys):
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))  # spawned workers import the script by its module name
+    import bench_parallel
+
+    report = bench_parallel.main(["--steps", "2", "--warmup", "1", "--batches", "2", "--batch-size", "4",
+                                             "--modes", "ddp", "fsdp", "--json"])
+    rows = report["modes"]
+    assert set(rows) == {"ddp", "fsdp"} and report["processes"] == 2
+    assert all(r["step_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
+    # each FSDP process holds about half of the student's state and of the (sharded) teacher
+    assert rows["fsdp"]["state_mb"] < 0.6 * rows["ddp"]["state_mb"]
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):]) == report
