@@ -26,6 +26,12 @@ each flush (checkpoints, the end of each pass, the end of training). Bytes past 
 discarded when the cache is reopened, so a killed run leaves a consistent cache behind. Under DDP every rank
 writes its own files and reads everyone's at the start of each pass (the memory cache is per process).
 
+A third kind, :class:`CapturedTeacherStore`, is written before training by ``brewkit capture``
+(:mod:`brewkit.offline_store`) and read by a run with no teacher model (``teacher: {store: DIR}``; in Python, the
+store in place of ``model_T``): the same directory layout, index, flush and truncation rules and token hashes,
+with fixed-size records (top-k ids, log-probabilities and tail mass per counted position, or classification
+logits) and a ``manifest.json`` of named fingerprint items in place of ``meta.json``.
+
 The cache is exact when the teacher's output for an example does not depend on how its batch is padded: true
 for right padding (and for left padding with models that take ``position_ids`` from the mask), not for
 BERT-style absolute positions with left padding, where the first epoch's values are reused.

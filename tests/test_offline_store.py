@@ -398,6 +398,10 @@ def test_a_run_from_the_store_refuses_each_differing_item(lm, captured, tmp_path
         e = refused(other, tmp_path, item)
         assert e.path == "teacher.store" and f"captured with another {item}" in str(e), (item, str(e))
         assert "teacher.force: true" in str(e)
+    same = json.loads(json.dumps(run))  # the capture's own run file with teacher.store set: nothing differs
+    same["teacher"]["store"] = str(store)
+    same["output_dir"] = str(tmp_path / "same")
+    assert build(load_run(same), with_optimizer=False).teacher is None
     with pytest.raises(ConfigError) as e:  # the temperature: no force, no re-tempering of a top-k store
         build(load_run(variant(lambda r: r["distillation"].update(temperature=3))), with_optimizer=False)
     assert e.value.path == "distillation.temperature" and "temperature 2" in str(e.value)

@@ -1,0 +1,185 @@
+"""Offline teacher signals on the causal-LM demo: capture the teacher once, train the student from the store, and
+compare with distilling from the live teacher (issue #20's table).
+
+    python scripts/bench_offline.py [--output-dir runs/bench_offline] [--teacher DIR] [--ks 8,64,full]
+                                    [--steps 200] [--teacher-steps 300] [--full-examples 400] [--threads N]
+    python scripts/bench_offline.py --quick          # tiny sizes, a few steps: seconds (what the tests run)
+
+Stages (each a fresh ``python -m brewkit`` process, so that its peak RSS is its own):
+
+1. the demo teacher (``configs/demo_lm_teacher.yaml``), unless ``--teacher`` names a trained one;
+2. live-teacher distillation (``configs/demo_lm_distill.yaml``) and the student alone (``demo_lm_baseline.yaml``);
+3. for each k: ``brewkit capture`` (capture time, bytes per counted position of the whole store directory and
+   of its data records), then the distillation run with ``teacher: {store: DIR}`` (no teacher model loaded).
+   ``full`` captures the whole vocabulary (30,522 ids: 122 KB a position); it runs, with its own live-teacher
+   run, on the first ``--full-examples`` training texts only, to keep the store small.
+
+Printed and written to OUTPUT_DIR/results_offline.json: per run the held-out perplexity, the training step time
+(from the logged samples/s) and the peak RSS of its process; per store its size and capture time. Timings mean
+something only on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+CONFIGS = os.path.join(ROOT, "configs")
+#: A process that runs one brewkit command and prints its peak RSS (KiB on Linux) last.
+RUNNER = ("import resource, sys\nfrom brewkit.cli import main\ncode = main(sys.argv[1:])\n"
+          "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\nsys.exit(code)\n")
+QUICK = {
+    "common": ["data.max_train_examples=64", "data.max_eval_examples=16", "data.max_length=24",
+               "training.logging_steps=1", "student.config.n_positions=24", "data.batch_size=8",
+               "training.progress_bar=false"],
+    "teacher": ["training.num_steps=3", "student.config.n_embd=16", "student.config.n_layer=1",
+                "student.config.n_head=1"],
+    "student": ["training.num_steps=3", "student.config.n_embd=8", "student.config.n_layer=1",
+                "student.config.n_head=1"],
+}
+SHORT = {  # the full run: the demo's sizes, fewer steps (a short comparison, not the demo's numbers)
+    "common": ["training.logging_steps=10", "training.progress_bar=false"],
+    "teacher": ["training.num_steps=300"],
+    "student": ["training.num_steps=200"],
+}
+
+
+def brewkit(args: list[str], threads: int | None, log: str) -> dict:
+    """``brewkit ARGS`` in a fresh process; returns its ``key: value`` summary lines and ``peak_rss_mb``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        r = subprocess.run([sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.PIPE, stderr=f,
+                           text=True)
+    if r.returncode != 0:
+        sys.exit(f"brewkit {' '.join(args[:2])} failed ({r.returncode}); see {log}")
+    out = {"wall_seconds": round(time.perf_counter() - t0, 2)}
+    for line in r.stdout.splitlines():
+        if line.startswith("PEAK_RSS_KB "):
+            out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+        elif ": " in line:
+            key, value = line.split(": ", 1)
+            out[key] = value
+    return out
+
+
+def step_seconds(output_dir: str, batch_size: int) -> float | None:
+    """Mean seconds per optimizer step over the logged steps after the first (batch / samples_per_s)."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    rates = [r["samples_per_s"] for r in map(json.loads, open(path, encoding="utf-8").read().splitlines())
+             if "samples_per_s" in r and r.get("step", 0) > 1]
+    return round(sum(batch_size / x for x in rates) / len(rates), 4) if rates else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output-dir", default="runs/bench_offline")
+    p.add_argument("--teacher", default=None, help="a trained demo teacher (final/ directory); default: train one")
+    p.add_argument("--ks", default="8,64,full", help="top-k values to capture ('full': the whole vocabulary)")
+    p.add_argument("--full-examples", type=int, default=400,
+                   help="training texts of the full-vocabulary pair (live and store), to bound the store's size")
+    p.add_argument("--quick", action="store_true", help="tiny models, a few steps on a small subset (tests)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each process (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="student steps of every run (default 200; quick 3)")
+    p.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps (default 300)")
+    args = p.parse_args(argv)
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    sizes = {role: list(v) for role, v in (QUICK if args.quick else SHORT).items()}
+    if args.steps:
+        sizes["student"].append(f"training.num_steps={args.steps}")
+    if args.teacher_steps:
+        sizes["teacher"].append(f"training.num_steps={args.teacher_steps}")
+    ks = [k.strip() for k in args.ks.split(",") if k.strip()]
+    t_start = time.perf_counter()
+
+    def cfg(name: str) -> str:
+        return os.path.join(CONFIGS, f"demo_lm_{name}.yaml")
+
+    def overrides(role: str, *more: str) -> list[str]:
+        return [f"--set={o}" for o in (*sizes["common"], *sizes[role], *more)]
+
+    teacher_dir = args.teacher
+    results: dict = {"quick": args.quick, "runs": {}, "stores": {}}
+    if teacher_dir is None:
+        t_out = os.path.join(out, "teacher")
+        s = brewkit(["train", cfg("teacher"), *overrides("teacher", f"output_dir={t_out}",
+                                                         "training.overwrite_output_dir=true")],
+                    args.threads, os.path.join(out, "teacher.log"))
+        teacher_dir = os.path.join(t_out, "final")
+        results["teacher_perplexity"] = float(s["eval_perplexity"])
+    teacher_dir = os.path.abspath(teacher_dir)
+
+    def batch_size() -> int:
+        for o in sizes["common"]:
+            if o.startswith("data.batch_size="):
+                return int(o.split("=")[1])
+        return 16
+
+    def train(name: str, config: str, *more: str) -> dict:
+        run_dir = os.path.join(out, name)
+        teacher = [f"teacher.path={teacher_dir}"] if config == cfg("distill") else []
+        s = brewkit(["train", config, *overrides("student", f"output_dir={run_dir}", *teacher,
+                                                 "training.overwrite_output_dir=true", *more)],
+                    args.threads, os.path.join(out, f"{name}.log"))
+        row = {"perplexity": float(s["eval_perplexity"]), "step_seconds": step_seconds(run_dir, batch_size()),
+               "peak_rss_mb": s.get("peak_rss_mb"), "steps": int(s["steps"])}
+        results["runs"][name] = row
+        return row
+
+    def capture(name: str, k: str, *more: str) -> str:
+        store = os.path.join(out, f"store_{name}")
+        if os.path.isdir(store):
+            import shutil
+
+            shutil.rmtree(store)
+        extra = ["--k", "1000000"] if k == "full" else ["--k", k]
+        s = brewkit(["capture", cfg("distill"), "--out", store, *extra,
+                     *overrides("student", f"teacher.path={teacher_dir}", *more)], args.threads,
+                    os.path.join(out, f"capture_{name}.log"))
+        results["stores"][name] = {"k": int(s["k"]), "positions": int(s["positions"]), "bytes": int(s["bytes"]),
+                                   "bytes_per_token": round(float(s["bytes_per_position"]), 1),
+                                   "record_bytes": int(s["record_bytes"]), "capture_seconds": float(s["seconds"]),
+                                   "capture_peak_rss_mb": s.get("peak_rss_mb")}
+        return store
+
+    train("live", cfg("distill"))
+    train("student_alone", cfg("baseline"))
+    for k in ks:
+        subset = [f"data.max_train_examples={args.full_examples}"] if k == "full" and not args.quick else []
+        store = capture(f"k{k}", k, *subset)
+        if subset:
+            train("live_full_subset", cfg("distill"), *subset)
+        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", *subset)
+
+    results["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    with open(os.path.join(out, "results_offline.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}")
+    for name, s in results["stores"].items():
+        print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}")
+    print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'peak RSS MB':>13}")
+    for name, r in results["runs"].items():
+        step = f"{r['step_seconds']:.4f}" if r["step_seconds"] is not None else "-"
+        print(f"{name:<20}{r['perplexity']:>12.2f}{step:>10}{r['peak_rss_mb'] or 0:>13.0f}")
+    print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
+          f"{os.path.join(out, 'results_offline.json')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
