@@ -211,3 +211,43 @@ def write_run(path: Path, d: dict) -> str:
     """Write the run dict ``d`` as YAML to ``path``; return the path as a string."""
     path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
     return str(path)
+
+
+# -- processes and the command line ---------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port nobody listens on now (for MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_and_wait(fn, args: tuple, nprocs: int, timeout: float = 180, what: str = "run") -> None:
+    """``torch.multiprocessing`` spawn of ``fn(rank, *args)`` in ``nprocs`` processes; a run that hangs (a stuck
+    collective) is killed after ``timeout`` seconds and fails the test instead of hanging the suite."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{what} did not finish in {timeout:.0f} s")
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    """``brewkit.cli.main`` in-process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from brewkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()

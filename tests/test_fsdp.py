@@ -2,23 +2,15 @@
 single-process and DDP ones, with gradient accumulation and masks; sharded checkpoints resume exactly, also at
 another world size (2 -> 1, 1 -> 2)."""
 import os
-import socket
 import sys
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import free_port, spawn_and_wait
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 pytestmark = pytest.mark.slow  # every test starts gloo processes (spawn)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, parallel: str, stop_at, resume: bool,
@@ -72,14 +64,7 @@ def _launch(tmp_path, name, world, batch, accum, parallel="fsdp", stop_at=None, 
             os.environ.pop(k, None)
         _run(0, 1, 0, *args)
     else:
-        ctx = mp.start_processes(_run, args=(world, _free_port(), *args), nprocs=world, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + 180
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:  # never let a hung collective hang the test suite
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"run {name} did not finish in 180 s")
+        spawn_and_wait(_run, (world, free_port(), *args), world, what=f"run {name}")
     return torch.load(os.path.join(out, "final_weights.pt"), weights_only=True)
 
 
@@ -135,7 +120,7 @@ def test_torchrun_yaml_run_with_parallel_fsdp_writes_a_consolidated_final_model(
         run_file = write_run(tmp_path / f"{name}.yaml", d)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                            f"--master_port={_free_port()}", "-m", "brewkit", "train", run_file,
+                            f"--master_port={free_port()}", "-m", "brewkit", "train", run_file,
                             "--set", f"training.parallel={parallel}"], capture_output=True, text=True, env=env,
                            timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]

@@ -8,8 +8,6 @@ Each test fails on main before these fixes (93479ac), where these cases gave a t
 a loaded pickle, a printed accuracy or ``loss=nan ... ok``, except those marked "(held before)", which guard
 behaviour that was already right.
 """
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -21,7 +19,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import STUDENT_ARGS, TEACHER_ARGS, run_dict, write_run  # noqa: E402
+from helpers import STUDENT_ARGS, TEACHER_ARGS, cli, run_dict, write_run  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from brewkit.build import MAX_SIZE, build, check_positions, position_limit  # noqa: E402
@@ -32,20 +30,12 @@ from brewkit.checkpoint import (  # noqa: E402
     load_student,
     save_checkpoint,
 )
-from brewkit.cli import main  # noqa: E402
 from brewkit.data import CacheDirError, DataConfig, check_cache_dir  # noqa: E402
 from brewkit.errors import CheckpointError, ConfigError  # noqa: E402
 from brewkit.models import ModelSpec, build_model  # noqa: E402
 from brewkit.models import tiny_bert as make_tiny_bert  # noqa: E402
 from brewkit.run import eval_run, validate_run  # noqa: E402
 from brewkit.runfile import load_run  # noqa: E402
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def error_line(stderr: str) -> str:

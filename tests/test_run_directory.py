@@ -5,9 +5,7 @@ Each test fails on brewkit 0.1 (main at da7e73e), where a second run replaced th
 wrote into one directory, SIGTERM ended a run without a checkpoint, an evaluation after a checkpoint changed what
 the resumed run drew, and a changed run resumed without a word.
 """
-import contextlib
 import hashlib
-import io
 import json
 import os
 import signal
@@ -21,21 +19,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import Toy, ToyDataset, run_dict, toy_adaptor, write_run  # noqa: E402
+from helpers import Toy, ToyDataset, cli, run_dict, toy_adaptor, write_run  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig  # noqa: E402
-from brewkit.cli import main  # noqa: E402
 from brewkit.run_directory import RunDirectory, RunDirectoryError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def digest(path: Path) -> str:
