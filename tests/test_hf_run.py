@@ -6,6 +6,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from helpers import run_dict, tiny_bert, write_run
 
@@ -213,3 +214,6 @@ def test_reduce_lr_on_plateau_steps_on_each_evaluation(assets, tmp_path):
                 lr *= 0.5
     assert {r["step"]: r["lr"] for r in records if "lr" in r} == pytest.approx(expected, rel=1e-12)
     assert len(expected) == 4 and min(expected.values()) < 1e-3  # the accuracy stalled at least once
+    # the checkpoint of step 4 holds the schedule after the evaluation of step 4 (what a resume continues from)
+    saved = torch.load(tmp_path / "out" / "checkpoint-4" / "scheduler.pt", weights_only=True)
+    assert saved["best"] == best and saved["_last_lr"] == pytest.approx([lr] * 4, rel=1e-12)  # 4 param groups
