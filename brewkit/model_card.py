@@ -109,9 +109,14 @@ def data_lines(run: Any, built: Any) -> list[str]:
         eval_src = f"{data.split.eval_fraction:.0%} of the train file held out (seed {data.split.seed}{group})"
     else:
         eval_src = "none"
+    columns = [f"{name.removesuffix('_column').replace('_', ' ')} column `{getattr(data, name)}`"
+               for name in ("text_column", "text_pair_column", "label_column", "prompt_column", "completion_column",
+                            "messages_column") if getattr(data, name, None)]
+    if getattr(run.student, "task", None) == "causal_lm":  # no labels; prompts or chat messages replace the text
+        chat = getattr(data, "messages_column", None) or getattr(data, "prompt_column", None)
+        columns = [c for c in columns if not c.startswith(("label column",) + (("text column",) if chat else ()))]
     labels = f", labels {data.labels}" if data.labels else ""
-    return [f"- train: `{data.train_file}` ({n_train} examples; text column `{data.text_column}`, label column "
-            f"`{data.label_column}`{labels})",
+    return [f"- train: `{data.train_file}` ({n_train} examples; {', '.join(columns)}{labels})",
             f"- eval: {eval_src} ({n_eval} examples)",
             f"- at most {data.max_length} tokens per example, {data.batch_size} examples per batch and process"]
 
