@@ -9,7 +9,8 @@ Everything else is set up once by :func:`brewkit.engine.session.open_session`. T
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -48,36 +49,45 @@ class TrainingLoop:
             self, optimizer, dataloader, num_epochs=num_epochs, num_steps=num_steps,
             scheduler=(scheduler_class, scheduler_args, scheduler), max_grad_norm=max_grad_norm,
             batch_postprocessor=batch_postprocessor, model_kwargs=kwargs)
-        try:
+        with self.running(s), self.stop.installed():
             hf = self._callbacks = hf_callbacks.CallbackBridge(self, s, callbacks, dataloader,
                                                                evaluates=callback is not None,
                                                                max_grad_norm=max_grad_norm)
             s.checkpointer.trainer_state_fields = hf.trainer_state_fields
-            with self.stop.installed():
-                hf.on_train_begin()
-                while self.global_step < s.plan.total_steps:
-                    step = self.global_step + 1
-                    check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
-                    group = s.next_group()
-                    finite = torch.ones((), dtype=torch.bool, device=self.device)
-                    for j, micro in s.micro_batches(group):
-                        with s.gradient_sync(j, len(group)):
-                            finite = self.forward_backward(s, micro, len(group), step, check, finite, kwargs)
-                    grad_norm, skipped = s.stepper.step(step, finite, check, check or s.plan.is_logging_step(step))
-                    self.global_step = step
-                    self.update_weights(s.plan.total_steps)
-                    s.logger.step_done(skipped)
-                    hf.on_step_end(step)
-                    if s.plan.is_logging_step(step) or hf.should_log:
-                        hf.on_log(s.logger.log_step(step, s.cursor.pass_index,
-                                                    s.stepper.optimizer.param_groups[0]["lr"], self.weights,
-                                                    grad_norm))
-                    if self.after_step(s, step, callback):
-                        break
-                hf.on_train_end()
+            hf.on_train_begin()
+            while self.global_step < s.plan.total_steps:
+                step = self.global_step + 1
+                grad_norm, skipped = self.optimizer_step(s, step, kwargs)
+                self.global_step = step
+                self.update_weights(s.plan.total_steps)
+                s.logger.step_done(skipped)
+                hf.on_step_end(step)
+                if s.plan.is_logging_step(step) or hf.should_log:
+                    lr = s.stepper.optimizer.param_groups[0]["lr"]
+                    hf.on_log(s.logger.log_step(step, s.cursor.pass_index, lr, self.weights, grad_norm))
+                if self.after_step(s, step, callback):
+                    break
+            hf.on_train_end()
+
+    @contextlib.contextmanager
+    def running(self, s: sessions.TrainingSession) -> Iterator[None]:
+        """The session while the loop runs; closed however the loop ends."""
+        try:
+            yield
         finally:
             sessions.close_session(self, s)
             self._session = self._callbacks = None
+
+    def optimizer_step(self, s: sessions.TrainingSession, step: int, args: dict) -> tuple[Any, bool]:
+        """Optimizer step ``step``: forward and backward over its group of micro-batches, then the stepper.
+        Returns ``(gradient norm or None, skipped)``."""
+        check = s.plan.checks_finite(step, self.device.type) and not s.skip_nonfinite
+        group = s.next_group()
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        for j, micro in s.micro_batches(group):
+            with s.gradient_sync(j, len(group)):
+                finite = self.forward_backward(s, micro, len(group), step, check, finite, args)
+        return s.stepper.step(step, finite, check, check or s.plan.is_logging_step(step))
 
     def forward_backward(self, s: sessions.TrainingSession, micro: MicroBatch, n: int, step: int, check: bool,
                          finite: torch.Tensor, args: dict) -> torch.Tensor:

@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, fsdp
 from ..checkpoint import Checkpointer
-from .. import fsdp
 from ..distributed import DistributedContext, Trainables
 from ..errors import ConfigError, NonFiniteLossError
 from ..logging_utils import logger
