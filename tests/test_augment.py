@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from brewkit.data import AugmentConfig, DataConfig, NeighbourAugmenter, augmenter_for, load_splits
-from brewkit.data.augment import _word_tokens
+from brewkit.data.augment import word_tokens
 from brewkit.errors import ConfigError
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "show", "the", "a"]
@@ -63,7 +63,7 @@ def test_config_round_trips():
 
 # -- the neighbour table --------------------------------------------------------------------------------
 def test_word_tokens_keep_whole_alphabetic_words(tok):
-    words = set(_word_tokens(tok).values())
+    words = set(word_tokens(tok).values())
     assert words == set(WORDS) - {"a"}  # not specials, ## pieces, punctuation, digits or one-letter words
 
 
@@ -95,7 +95,7 @@ def test_bpe_style_vocabularies_use_the_word_start_marker():
         def get_vocab(self):
             return {t: i for i, t in enumerate(["<s>", "</s>", "Ġgood", "Ġbad", "good", "Ġ!", "Ġx", "ing", "▁"])}
 
-    assert _word_tokens(Vocab()) == {2: "good", 3: "bad"}
+    assert word_tokens(Vocab()) == {2: "good", 3: "bad"}
 
 
 def test_a_model_without_input_embeddings_is_refused(tok):

@@ -61,7 +61,7 @@ class AugmentConfig:
         return cls(**d)
 
 
-def _word_tokens(tokenizer) -> dict[int, str]:
+def word_tokens(tokenizer) -> dict[int, str]:
     """Vocabulary ids that spell a whole alphabetic word at the start of a word -> that word."""
     vocab = tokenizer.get_vocab()
     special = set(getattr(tokenizer, "all_special_tokens", []))
@@ -96,7 +96,7 @@ class NeighbourAugmenter:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embeddings = embeddings.detach().float().cpu()
-        words = {i: w for i, w in _word_tokens(tokenizer).items() if i < self.embeddings.shape[0]}
+        words = {i: w for i, w in word_tokens(tokenizer).items() if i < self.embeddings.shape[0]}
         if len(words) <= cfg.neighbours:
             raise ConfigError(f"the tokenizer has only {len(words)} whole-word tokens, fewer than neighbours="
                               f"{cfg.neighbours}", "augment.neighbours")
