@@ -422,11 +422,11 @@ class CausalLM(Task):
         return TokenAdaptor(self.name, None, None, shared_vocabulary(teacher, student))
 
     def positions(self, data: Any) -> str:
-        which = "real tokens"
+        which = "a real token (padding and each row's first token are never targets)"
         if data is not None and (data.prompt_column or data.messages_column) and not data.train_on_prompt:
-            which = ("completion tokens" if data.prompt_column else "assistant tokens") + \
+            which = ("a completion token" if data.prompt_column else "an assistant token") + \
                 " (prompt tokens excluded; train_on_prompt: false)"
-        return f"next-token positions: t counts when token t+1 is one of the {which}, for KD and hard labels"
+        return f"next-token positions: t counts when token t+1 is {which}, for KD and hard labels"
 
     def counted(self, batch: Any) -> str:
         c = denominator_counts(split_batch(batch)[1])
@@ -437,6 +437,16 @@ class CausalLM(Task):
         from .evaluation import evaluate_lm
 
         return evaluate_lm(model, loader, device, teacher=teacher)
+
+    def output_layer(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight [V, D], bias [V] or None)`` of ``model``'s output layer (``get_output_embeddings()``): what a
+        fused-linear KD form needs besides the final hidden states, so that the ``(N, V)`` logits never exist."""
+        get = getattr(model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise ConfigError(f"{type(model).__name__} has no output layer (get_output_embeddings()) to fuse the KD "
+                              "term with", "distillation.kd_implementation")
+        return head.weight, getattr(head, "bias", None)
 
     def generation_prompt(self, text: str, tokenizer: Any, data: Any) -> list[int]:
         """The token ids a generation from ``text`` starts with, encoded as training encoded a prompt: the

@@ -485,3 +485,24 @@ def test_a_csv_without_a_label_column_trains(lm, tmp_path):
     run = lm_run(lm, tmp_path / "o", train_file=path, eval_file=None)
     b, _, full, batch = first_batch(run)
     assert batch["labels"].shape == batch["input_ids"].shape
+
+
+def test_output_layer_gives_the_fused_form_the_same_kd(lm, tmp_path):
+    """CausalLM.output_layer is what a fused-linear KD form needs: with the final hidden states and the task's
+    positions it gives the plain KD term's value (the (N, V) student logits never made)."""
+    from brewkit.losses.vocab import fused_linear_kd_loss
+    from brewkit.tasks import get_task, next_token_mask
+
+    b, _, full, batch = first_batch(lm_run(lm, tmp_path / "o"))
+    _, terms = b.distiller.dry_run(full)
+    weight, bias = get_task("causal_lm").output_layer(b.student)
+    assert weight is b.student.lm_head.weight and bias is None
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        hidden = b.student(**inputs, output_hidden_states=True).hidden_states[-1]
+        logits_T = b.teacher(**inputs).logits
+        fused = fused_linear_kd_loss(hidden, weight, logits_T, temperature=2.0, kind="kl",
+                                     mask=next_token_mask(batch), temperature_squared=True)
+    assert float(fused) == pytest.approx(float(terms["unweighted_kd_loss"]), rel=1e-5)
+    with pytest.raises(ConfigError, match="has no output layer"):
+        get_task("causal_lm").output_layer(torch.nn.Linear(2, 2))

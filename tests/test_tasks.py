@@ -292,7 +292,7 @@ def test_validate_prints_the_task_positions_and_metric(lm, ner, tmp_path):
         lines = out.splitlines()
         if name == "lm":
             assert "task: causal_lm (AutoModelForCausalLM)" in lines
-            assert any("next-token positions: t counts when token t+1 is one of the completion tokens (prompt tokens "
+            assert any("next-token positions: t counts when token t+1 is a completion token (prompt tokens "
                        "excluded" in line for line in lines)
             assert "evaluation: perplexity on the eval split at each checkpoint and at the end" in lines
             counted = next(line for line in lines if line.startswith("positions counted in the first batch"))
