@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # every test starts gloo processes (spawn)
 
 
 def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, parallel: str, stop_at, resume: bool,
-         shard_teachers: str = "shard") -> None:
+         shard_teachers: str = "shard", cache: str = "none") -> None:
     """10 SGD steps (effective batch 8, rows of different lengths) of KD + hard labels + masked matches with
     projections on the toy model, clipped; rank 0 saves the full trainable tensors."""
     if world > 1:
@@ -32,7 +32,12 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, par
         {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1.0,
          "proj": ["linear", 6, 8]},
         {"layer_T": 3, "layer_S": 3, "feature": "hidden", "loss": "pkd", "weight": 1.0, "proj": ["linear", 6, 8]}])
-    loader = torch.utils.data.DataLoader(ToyDataset(80), batch_size=batch, shuffle=False)
+    dataset = ToyDataset(80)
+    if cache != "none":  # the per-example teacher store keys on the example index
+        dataset = [{**dataset[i], "idx": torch.tensor(i)} for i in range(len(dataset))]
+        dc = DistillationConfig(**{**dc.to_dict(), "teacher_cache": cache,
+                                   "teacher_cache_dir": os.path.join(out, "store")})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
     tc = TrainingConfig(output_dir=out, device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=10,
                         logging_steps=5, progress_bar=False, resume_from_checkpoint=resume or None,
                         parallel=parallel, fsdp_teachers=shard_teachers, clip_projections=True)
@@ -43,7 +48,8 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, par
             raise SystemExit(0)
 
     try:
-        d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=1, max_grad_norm=0.5, callback=cb)
+        d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=1 if cache == "none" else 2,
+                max_grad_norm=0.5, callback=cb)
     except SystemExit:
         pass
     weights = [full_tensor(p.detach()).clone() for p in d.trainable_parameters()]  # a collective under FSDP
@@ -56,9 +62,10 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, par
         dist.destroy_process_group()
 
 
-def _launch(tmp_path, name, world, batch, accum, parallel="fsdp", stop_at=None, resume=False, shard_teachers="shard"):
+def _launch(tmp_path, name, world, batch, accum, parallel="fsdp", stop_at=None, resume=False, shard_teachers="shard",
+            cache="none"):
     out = str(tmp_path / name)
-    args = (out, batch, accum, parallel, stop_at, resume, shard_teachers)
+    args = (out, batch, accum, parallel, stop_at, resume, shard_teachers, cache)
     if world == 1:
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             os.environ.pop(k, None)
@@ -84,6 +91,13 @@ def test_fsdp_student_equals_the_single_process_and_ddp_students(tmp_path, batch
     after_one = _launch(tmp_path, "one_step", 2, batch, accum, stop_at=1)
     assert max(float((w - s).abs().max()) for w, s in zip(sharded, after_one)) > 1e-3  # the steps after the
     # first moved the weights: the comparison is not between copies that hardly trained
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_fsdp_with_the_teacher_store_equals_the_single_process_run(tmp_path, cache):
+    """The per-example teacher store under FSDP (the second epoch reads it): the same student as one process."""
+    assert_same(_launch(tmp_path, "single", 1, 8, 1, parallel="ddp", cache=cache),
+                _launch(tmp_path, "fsdp", 2, 2, 2, cache=cache))
 
 
 def test_fsdp_checkpoints_are_sharded_and_resume_exactly(tmp_path):
