@@ -106,8 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
     ks = [k.strip() for k in args.ks.split(",") if k.strip()]
     t_start = time.perf_counter()
 
+    import shutil
+
+    pinned = os.path.join(out, "configs")  # the run files as they were at the start, for every stage
+    os.makedirs(pinned, exist_ok=True)
+    for name in ("teacher", "distill", "baseline"):
+        shutil.copy(os.path.join(CONFIGS, f"demo_lm_{name}.yaml"), pinned)
+
     def cfg(name: str) -> str:
-        return os.path.join(CONFIGS, f"demo_lm_{name}.yaml")
+        return os.path.join(pinned, f"demo_lm_{name}.yaml")
 
     def overrides(role: str, *more: str) -> list[str]:
         return [f"--set={o}" for o in (*sizes["common"], *sizes[role], *more)]
@@ -141,10 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         return row
 
     def capture(name: str, k: str, *more: str) -> str:
-        store = os.path.join(out, f"store_{name}")
+        store = os.path.join(out, "stores", name)  # not a run's output_dir
         if os.path.isdir(store):
-            import shutil
-
             shutil.rmtree(store)
         extra = ["--k", "1000000"] if k == "full" else ["--k", k]
         s = brewkit(["capture", cfg("distill"), "--out", store, *extra,
