@@ -117,8 +117,8 @@ def test_kd_and_hard_labels_equal_the_hand_written_masked_next_token_terms(lm, t
         assert float(terms["unweighted_hard_label_loss"]) == pytest.approx(ce, rel=1e-5)
     # the same eight examples, padded on either side, give the same objective
     assert values["left"][0] == pytest.approx(values["right"][0], rel=1e-5)
-    print(f"\n{source}: brewkit vs hand-written KD, right padding {values['right'][0]:.6f} vs "
-          f"{values['right'][1]:.6f}, left padding {values['left'][0]:.6f} vs {values['left'][1]:.6f}")
+    print(f"\n{source}: brewkit vs hand-written KD, right padding {values['right'][0]:.8f} vs "
+          f"{values['right'][1]:.8f}, left padding {values['left'][0]:.8f} vs {values['left'][1]:.8f}")
 
 
 def test_train_on_prompt_counts_the_prompt_tokens_too(lm, tmp_path):
