@@ -62,32 +62,37 @@ _kd("coupled_rank_distil", losses.coupled_rank_distil_kd_loss,
 del _kd
 
 # -- match losses ---------------------------------------------------------------------------------------
-# unit = (with a mask, without): what each loss's mean divides by, so that the engine can normalise a term
+# denominator = (with a mask, without): what each loss's mean divides by, so that the engine can normalise a term
 # over the whole effective batch (micro-batches x processes) instead of per micro-batch.
 _M = MATCH_LOSS_MAP.register
-_M("attention_mse_sum", unit=("token_pairs", "position_pairs"), input="scores", probs_ok=True, same_shape=True,
+_M("attention_mse_sum", denominator=("token_pairs", "position_pairs"), input="scores", probs_ok=True, same_shape=True,
    description="MSE of head-summed attention scores (TextBrewer)")(losses.att_mse_sum_loss)
-_M("attention_mse", unit=("token_pairs", "position_pairs"), input="scores", probs_ok=True, same_shape=True,
+_M("attention_mse", denominator=("token_pairs", "position_pairs"), input="scores", probs_ok=True, same_shape=True,
    description="MSE of attention scores, masked over query and key (TextBrewer)")(losses.att_mse_loss)
-_M("attention_ce_mean", unit=("tokens", "positions"), input="scores", same_shape=True,
+_M("attention_ce_mean", denominator=("tokens", "positions"), input="scores", same_shape=True,
    description="CE of softmaxed head-mean attention scores (TextBrewer)")(losses.att_ce_mean_loss)
-_M("attention_ce", unit=("tokens", "positions"), input="scores", same_shape=True,
+_M("attention_ce", denominator=("tokens", "positions"), input="scores", same_shape=True,
    description="CE between softmaxed attention scores (TextBrewer)")(losses.att_ce_loss)
-_M("attention_probs_mse", unit=("token_pairs", "position_pairs"), input="probs", same_shape=True,
+_M("attention_probs_mse", denominator=("token_pairs", "position_pairs"), input="probs", same_shape=True,
    description="MSE of attention probabilities, NaN-free with -inf masks (new)")(losses.att_probs_mse_loss)
-_M("attention_probs_ce", unit=("tokens", "positions"), input="probs", same_shape=True,
+_M("attention_probs_ce", denominator=("tokens", "positions"), input="probs", same_shape=True,
    description="CE -sum P_T log P_S of attention probabilities (new)")(losses.att_probs_ce_loss)
-_M("attention_probs_kl", unit=("tokens", "positions"), input="probs", same_shape=True,
+_M("attention_probs_kl", denominator=("tokens", "positions"), input="probs", same_shape=True,
    description="KL(P_T || P_S) of attention probabilities, MiniLM-style (new)")(losses.att_probs_kl_loss)
-_M("hidden_mse", unit=("tokens", "positions"), same_shape=True, description="MSE of hidden states, masked over tokens (TextBrewer)")(losses.hid_mse_loss)
-_M("cos", unit=("tokens", "positions"), same_shape=True, description="1 - cosine similarity per token, DistilBERT-style (TextBrewer)")(losses.cos_loss)
-_M("pkd", unit=("rows", "rows"), same_shape=True, description="MSE of L2-normalised [CLS] vectors, BERT-PKD-style (TextBrewer)")(losses.pkd_loss)
-_M("fsp", unit=("rows", "rows"), two_layer=True, same_shape=True, description="MSE of FSP / Gram matrices X0^T X1 / L of two layers (TextBrewer)")(
-    losses.fsp_loss)
-_M("gram", unit=("rows", "rows"), two_layer=True, same_shape=True, description="alias of fsp (TextBrewer)")(losses.fsp_loss)
-_M("nst", unit=("token_pairs", "position_pairs"), two_layer=True, description="alias of mmd (TextBrewer)")(losses.mmd_loss)
-_M("mmd", unit=("token_pairs", "position_pairs"), two_layer=True, description="MSE of token similarity matrices X0 X1^T / D of two layers (TextBrewer)")(
-    losses.mmd_loss)
+_M("hidden_mse", denominator=("tokens", "positions"), same_shape=True,
+   description="MSE of hidden states, masked over tokens (TextBrewer)")(losses.hid_mse_loss)
+_M("cos", denominator=("tokens", "positions"), same_shape=True,
+   description="1 - cosine similarity per token, DistilBERT-style (TextBrewer)")(losses.cos_loss)
+_M("pkd", denominator=("rows", "rows"), same_shape=True,
+   description="MSE of L2-normalised [CLS] vectors, BERT-PKD-style (TextBrewer)")(losses.pkd_loss)
+_M("fsp", denominator=("rows", "rows"), two_layer=True, same_shape=True,
+   description="MSE of FSP / Gram matrices X0^T X1 / L of two layers (TextBrewer)")(losses.fsp_loss)
+_M("gram", denominator=("rows", "rows"), two_layer=True, same_shape=True,
+   description="alias of fsp (TextBrewer)")(losses.fsp_loss)
+_M("nst", denominator=("token_pairs", "position_pairs"), two_layer=True,
+   description="alias of mmd (TextBrewer)")(losses.mmd_loss)
+_M("mmd", denominator=("token_pairs", "position_pairs"), two_layer=True,
+   description="MSE of token similarity matrices X0 X1^T / D of two layers (TextBrewer)")(losses.mmd_loss)
 del _M
 
 # -- projections ----------------------------------------------------------------------------------------
