@@ -22,8 +22,8 @@ from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
 from .engine.rng import forked_rng
 from .errors import AdaptorError, CheckpointError, ConfigError
-from .fsdp import unshard_architectures
 from .evaluation import evaluate
+from .fsdp import unshard_architectures
 from .models import load_pretrained, load_tokenizer, read_model_config
 from .run_directory import DIGESTS, RunDirectory, file_digest
 from .runfile import RunConfig, in_section
