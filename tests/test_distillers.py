@@ -557,3 +557,20 @@ def test_fused_kd_from_the_student_lm_head_equals_the_plain_form(tmp_path, loss)
     d.prepare_models()
     with pytest.raises(ConfigError, match="final_logit_softcapping"):
         d.train_on_batch(batch, {})
+
+
+def test_a_match_loss_registered_without_a_denominator_counts_rows_and_says_so_once(caplog):
+    """The documented default: a custom match loss that does not state what its mean divides by is normalised as a
+    mean over rows (examples), and the log says so once per loss name."""
+    import logging
+
+    from brewkit.distillers.general import match_denominator
+    from brewkit.presets import MATCH_LOSS_MAP
+
+    MATCH_LOSS_MAP.register("test_l1_without_denominator", overwrite=True)(lambda s, t, mask=None: (s - t).abs().mean())
+    with caplog.at_level(logging.INFO, logger="brewkit"):
+        assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
+        assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
+    said = [r.getMessage() for r in caplog.records if "test_l1_without_denominator" in r.getMessage()]
+    assert len(said) == 1 and "declares no denominator" in said[0]
+    assert match_denominator("hidden_mse") == ("tokens", "positions")  # a built-in states its own

@@ -3,7 +3,7 @@
 Logits are ``[B, num_labels]``; ``labels`` are integer class ids ``[B]`` or ``[B, 1]``; the probe losses take
 Python lists of per-layer logits (index 0 from the embeddings, the last entry from the final layer).
 
-``faithful=True`` (the default) gives the original's numbers, quirks included (``reference/seed-losses.md`` §3):
+``faithful=True`` (the default) gives the original's numbers, quirks included (the quirks are listed below):
 
 * ``'mse'``: ``0.5 * sum_{b,c} (t - s)^2`` -- ``tf.nn.l2_loss`` sums over the batch too, so it grows with B;
   ignores labels, temperature and task_balance.

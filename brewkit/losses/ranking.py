@@ -9,7 +9,7 @@ under the student's PL model::
 
 The teacher only chooses orderings: no gradient ever reaches ``scores_T``.
 
-Two modes (``reference/seed-losses.md`` §1):
+Two modes:
 
 * ``"faithful"`` reproduces TF-Ranking 0.5.5 to float32 rounding, artefacts included. Items with a teacher
   score < 0 are padding (or, when ``valid_mask`` is given, the items outside it, like TF's ``ragged=True``).

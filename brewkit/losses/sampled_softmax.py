@@ -1,7 +1,7 @@
 """TAPAS two-pass sampled softmax: ``tf.contrib.nn.rank_sampled_softmax_loss`` (Bai, Goldman, Zhang 2017).
 
 For an output layer with very many classes (weights ``W [C, D]``, biases ``b [C]``), each step uses only a few
-of them (``reference/seed-losses.md`` §2):
+of them:
 
 1. **Candidates.** ``num_sampled`` distinct class ids drawn by a learned-unigram sampler (or supplied as
    ``sampled_values``), with their expected counts ``Q``.
