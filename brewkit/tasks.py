@@ -150,6 +150,7 @@ def real_tokens(batch: Mapping) -> torch.Tensor:
 
 
 def real_token_labels(batch: Mapping, mask: torch.Tensor) -> torch.Tensor | None:
+    """The ``labels`` of the positions ``mask`` selects, ``(M,)`` (-100 where a sub-token carries no tag)."""
     labels = batch.get("labels")
     if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
         return None

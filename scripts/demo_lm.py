@@ -48,6 +48,15 @@ def stage(name: str, overrides: list[str]) -> dict:
     return summary
 
 
+def shape(out: str, stage_dir: str) -> str:
+    """``GPT-2 layers x width`` of the model a stage trained, from its resolved run file."""
+    import yaml
+
+    with open(os.path.join(out, stage_dir, "run.yaml"), encoding="utf-8") as f:
+        config = yaml.safe_load(f)["student"]["config"]
+    return f"GPT-2 {config['n_layer']} x {config['n_embd']}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output-dir", default="runs/demo_lm")
@@ -90,15 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results_lm.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    rows = [("teacher (GPT-2, 4 x 128)", results["teacher_parameters"], results["teacher_perplexity"],
+    rows = [(f"teacher ({shape(out, 'teacher')})", results["teacher_parameters"], results["teacher_perplexity"],
              results["teacher_steps"], results["teacher_seconds"]),
-            ("student, distilled (2 x 64)", results["student_parameters"], results["student_perplexity"],
-             results["student_steps"], results["student_seconds"]),
-            ("student, alone (baseline)", results["student_parameters"], results["baseline_perplexity"],
-             results["baseline_steps"], results["baseline_seconds"])]
-    print(f"\n{'model':<30}{'parameters':>12}{'perplexity':>12}{'steps':>7}{'seconds':>9}")
+            (f"student, distilled ({shape(out, 'student')})", results["student_parameters"],
+             results["student_perplexity"], results["student_steps"], results["student_seconds"]),
+            (f"student, alone ({shape(out, 'baseline')})", results["student_parameters"],
+             results["baseline_perplexity"], results["baseline_steps"], results["baseline_seconds"])]
+    print(f"\n{'model':<36}{'parameters':>12}{'perplexity':>12}{'steps':>7}{'seconds':>9}")
     for name, params, ppl, steps, secs in rows:
-        print(f"{name:<30}{params / 1e6:>11.2f}M{ppl:>12.1f}{steps:>7}{secs:>9.0f}")
+        print(f"{name:<36}{params / 1e6:>11.2f}M{ppl:>12.1f}{steps:>7}{secs:>9.0f}")
     print(f"distilled student's top-1 agreement with the teacher: {results['student_teacher_agreement']:.1%}")
     print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
           f"{os.path.join(out, 'results_lm.json')}")
