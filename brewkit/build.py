@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import nn
 
 from . import distributed
 from .configs import DistillationConfig
-from .data import DataConfig, augmenter_for, build_dataloaders
+from .data import DataConfig, augmenter_for, build_dataloaders, tokenizer_fingerprint
 from .distillers import BasicDistiller, BasicTrainer, GeneralDistiller
 from .engine.plan import TrainPlan
 from .engine.rng import seed_everything
@@ -29,6 +30,7 @@ from .errors import ConfigError, brief
 from .layer_maps import expand_layer_map
 from .models import ModelSpec, build_model, build_model_with_report
 from .runfile import ADAM_TYPE, METRIC_SCHEDULES, RunConfig, in_section
+from .tasks import get_task
 
 R = TypeVar("R")
 
@@ -63,6 +65,7 @@ class Built:
     notes: list[str]
     plan: TrainPlan
     rank: int = 0
+    task: Any = None  # the run's brewkit.tasks.Task
 
 
 def build_optimizer(model: torch.nn.Module, opt: dict) -> torch.optim.Optimizer:
@@ -293,6 +296,54 @@ def check_models(run: RunConfig, teacher: nn.Module | None, student: nn.Module, 
     check_trainable(student, run.student)
 
 
+def tokenizer_source(spec: ModelSpec | None) -> str:
+    """Where a section's tokenizer comes from, for messages: its ``tokenizer``, ``path`` or builder."""
+    if spec is None:
+        return "no teacher"
+    where = spec.tokenizer or spec.path or (f"builder {spec.builder}" if spec.builder else "the teacher's")
+    return brief(where, 120)
+
+
+def store_tokenizer(directory: str) -> Any:
+    """The tokenizer a captured store saved (``DIR/tokenizer``), for a run whose student names none."""
+    from .models import load_tokenizer
+
+    path = os.path.join(directory, "tokenizer")
+    if not os.path.isdir(path):
+        return None
+    return in_section("teacher.store", load_tokenizer, path)
+
+
+def open_run_store(run: RunConfig, task: Any, tokenizer: Any, student: nn.Module, adaptor: Any,
+                   dc: DistillationConfig, rank: int) -> Any:
+    """The captured store of ``teacher.store`` for this run: its fingerprint items compared with the run's
+    (:func:`brewkit.offline_store.open_for_training`), what the distillation asks checked against what it holds,
+    the student's vocabulary (or label count) against the store's, and the task's positions handed to it (each
+    row's count is checked on every batch)."""
+    from . import offline_store
+    from .tasks import output_rows
+
+    spec = run.teacher_store
+    manifest = offline_store.read_manifest(spec.directory)
+    items = offline_store.run_items(run.data, task, run.task, tokenizer)
+    current = offline_store.training_items(spec, manifest, items, run.training.seed)
+    store = offline_store.open_for_training(spec, current, rank=rank)
+    offline_store.check_distillation(dc, manifest)
+    if manifest["kind"] == "topk":
+        rows = output_rows(student)
+        if rows is not None and rows != manifest["vocab"]:
+            raise ConfigError(f"the student's output layer has {rows} rows but the teacher store's distribution is "
+                              f"over {manifest['vocab']} ids; give the student the teacher's vocab_size",
+                              size_field("student", run.student, "vocab_size"))
+        store.positions = getattr(adaptor, "positions", None)
+    else:
+        labels = getattr(getattr(student, "config", None), "num_labels", None)
+        if labels is not None and labels != manifest["classes"]:
+            raise ConfigError(f"the student has {labels} labels but the teacher store holds {manifest['classes']} "
+                              "logits per example", "student.num_labels")
+    return store
+
+
 def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     """Models, data, the distiller, the optimizer and the LR schedule for a run."""
     check_sizes(run)
@@ -303,16 +354,28 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     teacher = tok_T = None
     if run.teacher is not None:  # with distiller 'train', only a source for init_from_teacher
         teacher, tok_T = in_section("teacher", build_model, run.teacher, num_labels)
+    if run.teacher_store is not None:  # the RNG as the live run's teacher left it, for the student's init
+        from .offline_store import restore_teacher_rng
+
+        restore_teacher_rng(run.teacher_store.directory, run.training.seed)
     student, tok_S, report = in_section("student", build_model_with_report, run.student, num_labels, teacher)
     if run.student.keep_layers is not None:
         notes.append(f"student keeps layers {run.student.keep_layers} of {run.student.path}")
     elif report:
         notes.append(f"student initialised from teacher: {report}")
     tokenizer = tok_T or tok_S
+    if tokenizer is None and run.teacher_store is not None:  # the tokenizer the store was captured with
+        tokenizer = store_tokenizer(run.teacher_store.directory)
     if tokenizer is None:
         raise ConfigError("no tokenizer: give a model path (with tokenizer files) or `tokenizer:`", "teacher")
     second = tok_S if (tok_S is not None and tok_T is not None and tok_S is not tok_T) else None
     check_models(run, teacher, student, tokenizer, second)
+    task = get_task(run.task)
+    differs = second is not None and tokenizer_fingerprint(second) != tokenizer_fingerprint(tokenizer)
+    task.check_models(teacher if run.distiller != "train" else None, student, tokenizer,
+                      second if differs else None, (tokenizer_source(run.teacher), tokenizer_source(run.student)))
+    inputs_S = task.model_inputs(student)
+    inputs_T = task.teacher_inputs(teacher) if teacher is not None and run.distiller != "train" else inputs_S
 
     rank, world = 0, 1
     if distributed.wanted(run.training.local_rank):  # under torchrun: each process trains on its shard
@@ -324,19 +387,94 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
     # Under DDP both loaders are sharded; evaluation gathers the ranks' predictions (brewkit.evaluation).
     train_loader, eval_loader = in_data_section(lambda: build_dataloaders(
         run.data, tokenizer, second, seed=run.training.seed or 0, device=run.training.device,
-        num_replicas=world, rank=rank, augment=augment))
+        num_replicas=world, rank=rank, augment=augment, task=task, model_inputs=(inputs_T, inputs_S)))
 
     dc = None
+    source = teacher if run.distiller != "train" else None
+    adaptor = task.adaptor(source, student, tokenizer, run.data)
     if run.distiller == "train":
-        distiller = BasicTrainer(run.training, student, None)
+        distiller = BasicTrainer(run.training, student, adaptor)
     else:
         dc = resolve_distillation(run, teacher, student)
         cls = GeneralDistiller if run.distiller == "general" else BasicDistiller
-        distiller = cls(run.training, dc, teacher, student, None, None)
+        model_T = teacher
+        if run.teacher_store is not None:  # no teacher model: the captured store serves the teacher side
+            model_T = open_run_store(run, task, tokenizer, student, adaptor, dc, rank)
+            notes.append(f"teacher side from the captured store {run.teacher_store.directory}")
+        adaptor_T = adaptor if run.teacher_store is not None else \
+            task.teacher_adaptor(source, student, tokenizer, run.data)
+        distiller = cls(run.training, dc, model_T, student, adaptor_T, adaptor)
+    task.configure(distiller)
     optimizer = build_optimizer(student, run.optim.optimizer) if with_optimizer else None
     plan = TrainPlan.build(run.training, len(train_loader), num_epochs=run.optim.num_epochs,
                            num_steps=run.optim.num_steps)
     sched, sched_args = lr_schedule(run.optim.lr_scheduler, plan.total_steps,
                                     metric_mode="max" if run.evaluation.higher_is_better else "min")
     return Built(teacher, student, tokenizer, train_loader, eval_loader, distiller, optimizer, sched, sched_args,
-                 dc, notes, plan, rank)
+                 dc, notes, plan, rank, task)
+
+
+# -- capture ----------------------------------------------------------------------------------------------------
+@dataclass
+class CaptureBuilt:
+    """What ``brewkit capture`` runs: the teacher (eval mode, on the device), its tokenizer and adaptor, this
+    rank's loader over the training set, and the indices of every training example (``expected``)."""
+
+    teacher: nn.Module
+    tokenizer: Any
+    adaptor: Any
+    loader: Any
+    task: Any
+    expected: list[int]
+    rank: int = 0
+    world_size: int = 1
+    rng_state: torch.Tensor | None = None  # torch's RNG right after the teacher was built (seeded runs)
+
+
+def build_capture(run: RunConfig) -> CaptureBuilt:
+    """The teacher, tokenizer and training loader of ``run`` for a capture (no student, no optimizer): the same
+    seed, teacher, tokenisation and positions as :func:`build`, every example once (``drop_last`` off), one shard
+    per process under ``torchrun``."""
+    if run.teacher_store is not None:
+        raise ConfigError("brewkit capture runs the teacher model, but this run file reads a captured store; give "
+                          "the teacher's path / config (without store) to capture", "teacher.store")
+    if run.teacher is None:
+        raise ConfigError("brewkit capture needs a teacher model (path, config or builder)", "teacher")
+    if run.data.augment is not None:
+        raise ConfigError("altered copies of the training rows are drawn anew by each run, so a store cannot hold "
+                          "their teacher outputs; remove data.augment to capture", "data.augment")
+    check_sizes(run)
+    if run.training.seed is not None:  # a randomly initialised teacher comes out as it does in build()
+        seed_everything(run.training.seed)
+    num_labels = len(run.data.labels) if run.data.labels else None
+    teacher, tokenizer = in_section("teacher", build_model, run.teacher, num_labels)
+    rng_state = torch.get_rng_state()  # where build() would build the student
+    if tokenizer is None and run.student.tokenizer is not None:
+        from .models import load_tokenizer
+
+        tokenizer = in_section("student", load_tokenizer, run.student.tokenizer)
+    if tokenizer is None:
+        raise ConfigError("no tokenizer: give the teacher a model path (with tokenizer files) or `tokenizer:`",
+                          "teacher")
+    check_vocabulary(teacher, tokenizer, "teacher", run.teacher)
+    check_positions(teacher, run.data.max_length, "teacher")
+    task = get_task(run.task)
+    inputs = task.model_inputs(teacher)
+    rank, world = 0, 1
+    device = torch.device(run.training.device)
+    if distributed.wanted(run.training.local_rank):
+        rank, world, device = distributed.setup(run.training.local_rank, device)
+    data = run.data.replace(drop_last=False)
+    loader, _ = in_data_section(lambda: build_dataloaders(
+        data.replace(eval_file=None, split=None) if data.eval_file is not None and data.split is None else data,
+        tokenizer, None, seed=run.training.seed or 0, device=run.training.device, num_replicas=world, rank=rank,
+        task=task, model_inputs=(inputs, inputs)))
+    dtype = getattr(torch, run.training.teacher_dtype) if run.training.teacher_dtype else None
+    teacher.to(device, dtype=dtype) if dtype is not None else teacher.to(device)
+    teacher.eval()
+    dataset = loader.dataset
+    expected = list(dataset["idx"]) if "idx" in getattr(dataset, "column_names", []) else list(range(len(dataset)))
+    from .adaptors import hf_adaptor
+
+    adaptor = task.adaptor(teacher, teacher, tokenizer, run.data) or hf_adaptor  # None: the Hugging Face one
+    return CaptureBuilt(teacher, tokenizer, adaptor, loader, task, expected, rank, world, rng_state)

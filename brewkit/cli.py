@@ -1,4 +1,4 @@
-"""The ``brewkit`` command: ``train``, ``validate``, ``eval``, ``plot`` and ``presets``.
+"""The ``brewkit`` command: ``train``, ``validate``, ``eval``, ``generate``, ``capture``, ``plot`` and ``presets``.
 
 Every failure ends in one line on stderr and no traceback (unless ``--debug``): configuration and input mistakes
 (``error: distillation.intermediate_matches[1].layer_S: ...``) with exit status 2; the environment (disk,
@@ -30,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd("validate", "check a run file, build the models, run one batch, print the plan")
     e = run_cmd("eval", "evaluate a checkpoint (or the final student) on the run's eval split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory or a saved student")
+    g = run_cmd("generate", "continue a prompt with a saved causal LM of the run (task: causal_lm)")
+    g.add_argument("--checkpoint", required=True, help="a checkpoint directory or a saved student")
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=40, help="at most this many new tokens (default 40)")
+    g.add_argument("--sample", action="store_true", help="sample instead of taking the most likely token")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampling")
+    cap = run_cmd("capture", "run the teacher once over the training data and write a teacher store to train from")
+    cap.add_argument("--out", default=None, help="the store's directory (default: teacher.capture.dir)")
+    cap.add_argument("--k", type=int, default=None, help="top-k token ids kept per position (default 64)")
+    cap.add_argument("--temperature", type=float, default=None,
+                     help="capture temperature (default: distillation.temperature)")
+    cap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"],
+                     help="stored log-probabilities / logits (default float16 for top-k, float32 for logits)")
     sub.add_parser("presets", help="list every registered loss, projection, scheduler, layer map and model builder")
     pl = sub.add_parser("plot", help="draw a run's loss terms, learning rate and evaluation against the step (PNG)")
     pl.add_argument("run_dir", help="the run's output_dir (it holds metrics.jsonl)")
@@ -43,8 +58,10 @@ def print_presets() -> None:
     from .layer_maps import LAYER_MAPS
     from .models import MODEL_BUILDERS
     from .presets import FEATURES, registries
+    from .tasks import TASKS
 
-    for name, reg in {**registries(), LAYER_MAPS.name: LAYER_MAPS, MODEL_BUILDERS.name: MODEL_BUILDERS}.items():
+    others = (LAYER_MAPS, MODEL_BUILDERS, TASKS)
+    for name, reg in {**registries(), **{r.name: r for r in others}}.items():
         print(f"{name}:")
         width = max((len(k) for k in reg), default=0)
         for key, desc in reg.describe():
@@ -82,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"interrupted ({summary.get('signal')}) at step {summary['steps']}: checkpoint saved in "
                       f"{summary['checkpoint']}; {summary['resume']}", file=sys.stderr)
                 return 143 if summary.get("signal") == "SIGTERM" else 130
+        elif args.command == "capture":
+            summary = run.capture_run(cfg, args.out, args.k, args.temperature, args.dtype)
+            print(run.format_summary(summary))
         elif args.command == "eval":
             print(run.format_summary(run.eval_run(cfg, args.checkpoint)))
+        elif args.command == "generate":
+            out = run.generate_run(cfg, args.checkpoint, args.prompt, args.max_new_tokens, args.sample,
+                                   args.temperature, args.top_k, args.seed)
+            print(f"{out['prompt']}{' ' if out['completion'] else ''}{out['completion']}")
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

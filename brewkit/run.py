@@ -20,13 +20,13 @@ from .checkpoint import latest_checkpoint
 from .data import build_dataloaders
 from .describe import count_parameters, describe_model
 from .engine.batches import split_example_index
-from .engine.rng import forked_rng
+from .engine.rng import forked_rng, seed_everything
 from .errors import AdaptorError, CheckpointError, ConfigError
-from .evaluation import evaluate
 from .fsdp import unshard_architectures
-from .models import load_pretrained, load_tokenizer, read_model_config
+from .models import build_model, load_pretrained, load_tokenizer, read_model_config
 from .run_directory import DIGESTS, RunDirectory, file_digest
 from .runfile import RunConfig, in_section
+from .tasks import get_task
 
 
 def drop_example_index(batch: Any) -> Any:
@@ -120,11 +120,12 @@ def validate_run(run: RunConfig) -> str:
     """Everything short of training: build, run one batch through both models and adaptors, print the plan."""
     b = build(run, with_optimizer=False)
     d = b.distiller
-    batch = drop_example_index(next(iter(b.train_loader)))
+    raw_batch = next(iter(b.train_loader))
+    batch = drop_example_index(raw_batch)
     if run.training.seed is not None:
         torch.manual_seed(run.training.seed)  # dropout is active: a seed makes the printed losses repeatable
     try:
-        loss, terms = d.dry_run(batch)
+        loss, terms = d.dry_run(raw_batch if run.teacher_store is not None else batch)  # a store reads by idx
     except AdaptorError as e:  # the models and the run file disagree: a mistake in the run file
         raise ConfigError(e.message, "distillation." + e.path if e.path else None) from None
     values = {"loss": loss, **terms}
@@ -136,6 +137,10 @@ def validate_run(run: RunConfig) -> str:
     lines = [f"run: {run.distiller} distiller, output_dir {run.output_dir}"]
     if b.teacher is not None:
         lines.append(f"teacher: {describe_model(b.teacher)}")
+    if run.teacher_store is not None:
+        from .offline_store import describe_store
+
+        lines.append(describe_store(run.teacher_store.directory))
     lines.append(f"student: {describe_model(b.student)}")
     if b.teacher is not None:
         ratio = count_parameters(b.student) / max(count_parameters(b.teacher), 1)
@@ -144,16 +149,17 @@ def validate_run(run: RunConfig) -> str:
     lines.append(f"data: {len(b.train_loader.dataset)} train / "
                  f"{len(b.eval_loader.dataset) if b.eval_loader is not None else 0} eval examples, "
                  f"{len(b.train_loader)} batches per epoch")
+    lines.append(b.task.describe())
     aug = run.data.augment
     if aug is not None:
         lines.append(f"augmentation: {aug.copies} altered cop{'y' if aug.copies == 1 else 'ies'} of each training "
                      f"row (word replacement p={aug.replace_prob:g} from {aug.neighbours} embedding neighbours)")
-    lines.append("loss terms:")
+    lines.append(f"loss terms ({b.task.positions(run.data)}):")
     dc = b.distill_config
     if dc is None:
         lines.append("  the model's own loss (supervised training)")
     else:
-        if b.teacher is not None:
+        if b.teacher is not None or run.teacher_store is not None:
             t2 = " x tau^2" if dc.kd_temperature_squared else ""
             lines.append(f"  kd: {dc.kd_loss_type} at temperature {dc.temperature}"
                          f"{'' if dc.temperature_scheduler == 'none' else f' ({dc.temperature_scheduler})'}"
@@ -169,6 +175,7 @@ def validate_run(run: RunConfig) -> str:
     run_callbacks(run, b.eval_loader)  # early stopping without an eval split is a mistake in the run file
     lines.append("training arguments (resolved; transformers.TrainingArguments names, brewkit's after #):")
     lines += format_training_arguments(training_arguments(run, b.plan, b.scheduler_args))
+    lines.append(f"positions counted in the first batch: {b.task.counted(batch)}")
     lines.append("first batch: " + ", ".join([f"loss={float(loss):.4f}"] +
                                              [f"{k}={float(v):.4f}" for k, v in terms.items()]))
     lines.append("ok: the run file is valid")
@@ -226,7 +233,8 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
         directory.check_resumable({**resolved, "data_digests": digests}, run.training.force_resume)
     with forked_rng():  # the first batch through the models before anything in output_dir is replaced
         try:
-            b.distiller.dry_run(drop_example_index(next(iter(b.train_loader))))
+            first = next(iter(b.train_loader))
+            b.distiller.dry_run(first if run.teacher_store is not None else drop_example_index(first))
         except AdaptorError as e:
             raise ConfigError(e.message, "distillation." + e.path if e.path else None) from None
     directory.prepare(resuming=resuming, overwrite=overwrite)
@@ -236,9 +244,12 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
         directory.write_json(DIGESTS, digests)
     history: list[dict] = []
 
+    teacher = b.teacher if run.distiller != "train" else None  # causal LMs: agreement with the teacher
+
     def run_eval(model: torch.nn.Module) -> dict[str, float]:
-        return {f"eval_{k}": v for k, v in
-                evaluate(model, b.eval_loader, run.training.device, run.evaluation.metric).items()}
+        return {f"eval_{k}": v for k, v in b.task.evaluate(model, b.eval_loader, run.training.device,
+                                                           run.evaluation.metric, teacher=teacher,
+                                                           data=run.data).items()}
 
     def callback(model: torch.nn.Module, step: int) -> None:  # on every rank: each evaluates its shard
         if b.eval_loader is None:
@@ -250,7 +261,8 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
             b.scheduler_class.built.step(result[run.evaluation.best_metric_key or f"eval_{run.evaluation.metric}"])
 
     o = run.optim
-    keep_index = b.distill_config is not None and b.distill_config.teacher_cache != "none"  # the engine takes it
+    keep_index = b.distill_config is not None and (b.distill_config.teacher_cache != "none"
+                                                   or run.teacher_store is not None)  # the engine takes it
     b.distiller.train(b.optimizer, b.train_loader, num_epochs=o.num_epochs, num_steps=o.num_steps,
                       scheduler_class=b.scheduler_class, scheduler_args=b.scheduler_args,
                       max_grad_norm=o.max_grad_norm, callback=callback, callbacks=callbacks,
@@ -305,10 +317,13 @@ def _train(run: RunConfig, directory: RunDirectory, resuming: bool, overwrite: b
 
 # -- eval -----------------------------------------------------------------------------------------------------
 def eval_run(run: RunConfig, checkpoint: str) -> dict:
-    """Evaluate a saved student (``final/`` or a ``checkpoint-N`` directory) on the run's eval split."""
-    from transformers import AutoModelForSequenceClassification
+    """Evaluate a saved student (``final/`` or a ``checkpoint-N`` directory) on the run's eval split, loaded with
+    the run's task's auto class and evaluated by its metrics (a causal LM: perplexity, and top-1 agreement with
+    the run's teacher when it has one)."""
+    import transformers
 
     check_sizes(run)
+    task = get_task(run.task)
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise ConfigError(f"{checkpoint} holds no saved model (config.json)", "--checkpoint")
 
@@ -316,29 +331,154 @@ def eval_run(run: RunConfig, checkpoint: str) -> dict:
         return CheckpointError(f"--checkpoint: {message}")
 
     config = read_model_config(checkpoint, damaged, "evaluate another checkpoint (or final/) of the run")
-    candidates = [checkpoint, os.path.join(run.output_dir, "tokenizer"), os.path.join(run.output_dir, "final")]
-    tok_dir = next((c for c in candidates if os.path.isfile(os.path.join(c, "tokenizer_config.json"))), None)
-    if tok_dir is not None:
-        tokenizer = load_tokenizer(tok_dir, field_name="--checkpoint" if tok_dir == checkpoint else "output_dir")
-    else:  # the run file's own tokenizer (the teacher's, as in training)
-        section = "teacher" if run.teacher is not None else "student"
-        spec = run.teacher if run.teacher is not None else run.student
-        tokenizer = in_section(section, load_tokenizer, spec.tokenizer or spec.path)
-    _, eval_loader = in_data_section(lambda: build_dataloaders(run.data, tokenizer, None, seed=run.training.seed or 0,
-                                                               device=run.training.device))
+    tokenizer = run_tokenizer(run, checkpoint)
+    model = load_pretrained(getattr(transformers, task.auto_class), checkpoint, damaged, attn_implementation="eager")
+    teacher = None
+    if task.name == "causal_lm" and run.teacher is not None and run.distiller != "train":
+        if run.training.seed is not None:  # a randomly initialised teacher comes out as it did in training
+            seed_everything(run.training.seed)
+        teacher = in_section("teacher", build_model, run.teacher)[0].to(run.training.device)
+    inputs = task.model_inputs(model)
+    _, eval_loader = in_data_section(lambda: build_dataloaders(
+        run.data, tokenizer, None, seed=run.training.seed or 0, device=run.training.device, task=task,
+        model_inputs=(task.teacher_inputs(teacher) if teacher is not None else inputs, inputs)))
     if eval_loader is None:
         raise ConfigError("the run has no eval split", "data")
     run_labels = len(run.data.labels) if run.data.labels else getattr(eval_loader.dataset, "num_labels", None)
+    if not task.labelled:
+        run_labels = None
     if run_labels is not None and config.num_labels != run_labels:  # argmax over another label set: no error
         raise ConfigError(f"{checkpoint} has a classifier head of {config.num_labels} labels but the run has "
                           f"{run_labels} ({'data.labels' if run.data.labels else 'data.label_column'}); it was "
                           "trained for another label set: evaluate it with the run file it was trained with",
                           "--checkpoint")
-    model = load_pretrained(AutoModelForSequenceClassification, checkpoint, damaged, attn_implementation="eager")
     model.to(run.training.device)
     return {"checkpoint": checkpoint,
-            **{f"eval_{k}": v for k, v in evaluate(model, eval_loader, run.training.device,
-                                                   run.evaluation.metric).items()}}
+            **{f"eval_{k}": v for k, v in task.evaluate(model, eval_loader, run.training.device, run.evaluation.metric,
+                                                        teacher=teacher, data=run.data).items()}}
+
+
+def run_tokenizer(run: RunConfig, checkpoint: str) -> Any:
+    """The tokenizer a saved model of ``run`` reads: the checkpoint's own, the run's ``tokenizer/`` or ``final/``
+    copy, else the run file's (the teacher's, as in training)."""
+    candidates = [checkpoint, os.path.join(run.output_dir, "tokenizer"), os.path.join(run.output_dir, "final")]
+    tok_dir = next((c for c in candidates if os.path.isfile(os.path.join(c, "tokenizer_config.json"))), None)
+    if tok_dir is not None:
+        return load_tokenizer(tok_dir, field_name="--checkpoint" if tok_dir == checkpoint else "output_dir")
+    section = "teacher" if run.teacher is not None else "student"
+    spec = run.teacher if run.teacher is not None else run.student
+    return in_section(section, load_tokenizer, spec.tokenizer or spec.path)
+
+
+# -- generate -------------------------------------------------------------------------------------------------
+def generate_run(run: RunConfig, checkpoint: str, prompt: str, max_new_tokens: int = 40, sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, seed: int | None = None) -> dict:
+    """Continue ``prompt`` with a saved causal LM of ``run`` (``final/`` or a checkpoint): the prompt is encoded as
+    training encoded a prompt (:meth:`brewkit.tasks.CausalLM.generation_prompt`), then ``model.generate`` adds
+    up to ``max_new_tokens`` tokens, greedily or (``sample``) sampling at ``temperature`` from the ``top_k`` most
+    likely tokens (0: all), stopping at the tokenizer's end token. Returns the prompt, the completion and the
+    number of new tokens."""
+    import transformers
+
+    task = get_task(run.task)
+    if not hasattr(task, "generation_prompt"):
+        raise ConfigError(f"brewkit generate continues text with a causal LM; this run's task is {run.task}", "task")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"must be a positive integer, got {max_new_tokens!r}", "--max-new-tokens")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ConfigError(f"must be a positive number, got {temperature!r}", "--temperature")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"must be an integer >= 0, got {top_k!r}", "--top-k")
+    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        raise ConfigError(f"{checkpoint} holds no saved model (config.json)", "--checkpoint")
+
+    def damaged(message: str) -> CheckpointError:
+        return CheckpointError(f"--checkpoint: {message}")
+
+    tokenizer = run_tokenizer(run, checkpoint)
+    model = load_pretrained(transformers.AutoModelForCausalLM, checkpoint, damaged, attn_implementation="eager")
+    model.to(run.training.device).eval()
+    ids = task.generation_prompt(prompt, tokenizer, run.data)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens", "--prompt")
+    limit = getattr(model.config, "max_position_embeddings", None)  # learned positions end somewhere
+    if isinstance(limit, int):
+        if len(ids) >= limit:
+            raise ConfigError(f"the prompt is {len(ids)} tokens but the model takes at most {limit}", "--prompt")
+        max_new_tokens = min(max_new_tokens, limit - len(ids))
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    inputs = torch.tensor([ids], device=run.training.device)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": sample, "eos_token_id": end, "pad_token_id": pad}
+    if sample:
+        options.update(temperature=float(temperature), top_k=top_k)
+    else:  # a checkpoint's generation_config may ask for sampling; greedy means greedy
+        options.update(temperature=None, top_k=None, top_p=None)
+    with forked_rng(), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **options)
+    new = out[0, len(ids):].tolist()
+    return {"checkpoint": checkpoint, "prompt": prompt, "completion": tokenizer.decode(new, skip_special_tokens=True),
+            "new_tokens": len(new)}
+
+
+# -- capture --------------------------------------------------------------------------------------------------
+def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, temperature: float | None = None,
+                dtype: str | None = None, progress: bool | None = None) -> dict:
+    """``brewkit capture``: run the teacher once over the training data and write a captured store
+    (:mod:`brewkit.offline_store`) to ``out`` (else ``teacher.capture.dir``). ``k`` / ``temperature`` / ``dtype``
+    override ``teacher.capture``; the temperature defaults to ``distillation.temperature``. A directory that
+    holds a store with the same fingerprint is resumed; one with another is refused. Under ``torchrun`` each
+    process captures its shard. Returns the summary (rank 0's counts, the store's bytes and bytes/position)."""
+    from . import distributed, offline_store
+    from .build import build_capture
+    from .configs import DistillationConfig
+
+    settings = run.capture or offline_store.CaptureConfig()
+    given = {key: value for key, value in (("k", k), ("temperature", temperature), ("dtype", dtype))
+             if value is not None}
+    settings = offline_store.capture_config({**settings.to_dict(), **given})  # the command line's values checked
+    directory = out or settings.dir
+    if not directory:
+        raise ConfigError("where to write the store: give --out DIR or teacher.capture.dir", "--out")
+    directory = os.path.expanduser(directory)
+    if settings.temperature is None:
+        dist = {k: v for k, v in run.distillation.items() if k != "intermediate_matches"}
+        settings.temperature = in_section("distillation", DistillationConfig.from_dict, dist).temperature
+    cb = build_capture(run)
+    first = drop_example_index(next(iter(cb.loader)))
+    with torch.inference_mode():  # the shape of the teacher's logits decides the store's kind
+        from .adaptors import normalize_output
+        from .engine.batches import call_model, move_to_device, split_batch
+
+        part = move_to_device(split_batch(first)[0], next(cb.teacher.parameters()).device)
+        logits = normalize_output(cb.adaptor(part, call_model(cb.teacher, part, {})), "adaptor_T").get("logits")
+    if not logits:
+        raise ConfigError("the teacher's adaptor returned no logits, so there is nothing to capture", "teacher")
+    shape = tuple(logits[0].shape)
+    kind = "topk" if len(shape) == 3 else "logits"
+    dtype_ = settings.dtype or ("float16" if kind == "topk" else "float32")
+    items = offline_store.run_items(run.data, cb.task, run.task, cb.tokenizer)
+    items.update(offline_store.teacher_items(cb.teacher, offline_store.model_source(run.teacher, run.training.seed)))
+    items.update(kind=kind, dtype=dtype_)
+    if kind == "topk":
+        items.update(k=min(settings.k, shape[-1]), temperature=float(settings.temperature))
+    offline_store.existing_store_check(directory, items)
+    manifest = offline_store.new_manifest(kind, items=items, k=settings.k, vocab=shape[-1], classes=shape[-1],
+                                          temperature=settings.temperature, dtype=dtype_)
+    if cb.rank == 0 and not os.path.isdir(os.path.join(directory, "tokenizer")):
+        os.makedirs(directory, exist_ok=True)
+        cb.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))
+    if cb.rank == 0 and cb.rng_state is not None:
+        os.makedirs(directory, exist_ok=True)
+        offline_store.save_teacher_rng(directory, cb.rng_state, run.training.seed)
+    summary = offline_store.capture(
+        cb.teacher, cb.adaptor, cb.loader, directory, manifest, device=next(cb.teacher.parameters()).device,
+        rank=cb.rank, world_size=cb.world_size, barrier=lambda: distributed.barrier(cb.world_size),
+        flush_every=settings.flush_every, progress=run.training.progress_bar if progress is None else progress,
+        expected=cb.expected)
+    return summary
 
 
 def format_summary(summary: dict) -> str:

@@ -2,6 +2,7 @@
 
 A run file has these sections (see ``configs/`` for complete examples)::
 
+    task:         causal_lm        # sequence_classification (default) | token_classification (brewkit.tasks)
     teacher:      {path: DIR | pkg://DIST/path, num_labels: 2}     # or config: {...} / builder: NAME
     student:      {init_from_teacher: {layers: [0, 2, 4]}}         # or path / config / builder
     data:         {train_file: ..., text_column: text, label_column: label, max_length: 64, ...}
@@ -33,15 +34,16 @@ import yaml
 from .configs import DistillationConfig, TrainingConfig
 from .data import DataConfig
 from .errors import ConfigError, brief
-from .evaluation import METRICS
+from .evaluation import METRICS, produced_metrics
 from .hf_names import NAMES as HF_NAMES
 from .hf_names import renamed, translate
 from .layer_maps import LAYER_MAPS
-from .models import ModelSpec
+from .models import HEADS, ModelSpec
+from .tasks import DEFAULT_TASK, TASKS, get_task
 from .validation import ConfigBase, check_bool, check_int, check_keys, check_number, safe_load
 from .yamlio import load_file
 
-SECTIONS = ["teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
+SECTIONS = ["task", "teacher", "student", "data", "distiller", "distillation", "training", "evaluation", "plugins",
             "output_dir"]
 #: ``training.seed`` of a run file that gives none (``TrainingConfig.seed`` defaults to None: no reseeding).
 DEFAULT_SEED = 42
@@ -195,7 +197,7 @@ class EvalConfig(ConfigBase):
                                   "the run)", "early_stopping_threshold")
         m = self.metric_for_best_model
         if m is not None:
-            produced = ["accuracy"] + (["macro_f1"] if self.metric == "macro_f1" else [])
+            produced = produced_metrics(self.metric)
             if not isinstance(m, str) or m.removeprefix("eval_") not in produced:
                 raise ConfigError(f"must be a metric the evaluation gives ({', '.join(f'eval_{p}' for p in produced)}"
                                   f"; without the eval_ prefix too), got {brief(m)}", "metric_for_best_model")
@@ -216,7 +218,7 @@ class EvalConfig(ConfigBase):
         """``greater_is_better`` as transformers resolves it: given, or whether the metric is not a loss."""
         if self.greater_is_better is not None:
             return self.greater_is_better
-        return not (self.best_metric_key or "").endswith("loss")
+        return not (self.best_metric_key or "").endswith(("loss", "perplexity"))
 
     def describe(self) -> str:
         when = "at each checkpoint" if self.steps is None else f"every {self.steps} steps"
@@ -248,6 +250,11 @@ class RunConfig:
     plugins: list[str]
     output_dir: str
     source: dict
+    task: str = DEFAULT_TASK  # the run's task (brewkit.tasks.TASKS): teacher.task == student.task == task
+    #: ``teacher: {store: DIR}``: train from a captured store (``teacher`` is then None; brewkit.offline_store)
+    teacher_store: Any = None
+    #: ``teacher.capture``: the settings of ``brewkit capture`` (a :class:`brewkit.offline_store.CaptureConfig`)
+    capture: Any = None
 
 
 # -- --set overrides --------------------------------------------------------------------------------------
@@ -357,11 +364,19 @@ def run_config(raw: dict) -> RunConfig:
         raise ConfigError(f"distiller {distiller!r} needs a teacher", "teacher")
     if "data" not in raw:
         raise ConfigError("missing section", "data")
-    teacher = in_section("teacher", lambda d: ModelSpec.from_dict(d, role="teacher"), raw["teacher"]) \
-        if raw.get("teacher") is not None else None
-    student = in_section("student", lambda d: ModelSpec.from_dict(d, role="student"), raw["student"])
+    task = resolve_task(raw)
+
+    def spec(d: Any, role: str) -> ModelSpec:
+        return ModelSpec.from_dict({**d, "task": task} if isinstance(d, dict) else d, role=role)
+
+    teacher, store, capture = teacher_section(raw.get("teacher"), lambda d: in_section("teacher", spec, d, "teacher"))
+    student = in_section("student", spec, raw["student"], "student")
+    if store is not None:
+        check_store_run(store, student, distiller, raw)
     data = in_section("data", DataConfig.from_dict, raw["data"])
-    training, optim, evaluation = load_training(raw, output_dir)
+    data = in_section("data", get_task(task).check_data, data, raw["data"])
+    training, optim, evaluation = load_training(with_task_metric(raw, task), output_dir)
+    task_evaluation(evaluation, task, distiller)
 
     dist = raw.get("distillation") or {}
     if distiller == "train" and dist:
@@ -370,7 +385,88 @@ def run_config(raw: dict) -> RunConfig:
         raise ConfigError("must be a mapping", "distillation")
     check_distillation(dist, distiller)
     return RunConfig(teacher, student, data, distiller, dist, training, optim, evaluation, plugins, output_dir,
-                     raw)
+                     raw, task, store, capture)
+
+
+def teacher_section(section: Any, parse: Callable[[dict], ModelSpec]) -> tuple[ModelSpec | None, Any, Any]:
+    """``(teacher model spec, store spec, capture settings)`` of the ``teacher`` section: with ``store`` the run
+    trains from a captured store and loads no teacher (:class:`brewkit.offline_store.StoreSpec`); ``capture``
+    holds ``brewkit capture``'s settings (:class:`brewkit.offline_store.CaptureConfig`)."""
+    from .offline_store import capture_config, store_spec
+
+    if section is None:
+        return None, None, None
+    if isinstance(section, dict) and section.get("store") is not None:
+        return None, store_spec(section, None, parse), None
+    if isinstance(section, dict) and ("capture" in section or "force" in section or "store" in section):
+        if "force" in section:
+            raise ConfigError("is for a run from a captured store (teacher.store); remove it", "teacher.force")
+        capture = capture_config(section["capture"]) if section.get("capture") is not None else None
+        rest = {k: v for k, v in section.items() if k not in ("capture", "store")}
+        return parse(rest), None, capture
+    return parse(section), None, None
+
+
+def check_store_run(store: Any, student: ModelSpec, distiller: str, raw: dict) -> None:
+    """What a run from a captured store cannot do, named in the run file (a student copied from the teacher's
+    layers, the supervised distiller, agreement with the teacher)."""
+    if distiller == "train":
+        raise ConfigError("distiller 'train' has no teacher; remove teacher.store", "teacher.store")
+    if student.init_from_teacher is not None:
+        raise ConfigError("copies the teacher's layers, but a run from a teacher store loads no teacher; give the "
+                          "student a path or config", "student.init_from_teacher")
+    evaluation = raw.get("evaluation") or {}
+    if isinstance(evaluation, dict) and evaluation.get("metric") == "teacher_agreement":
+        raise ConfigError("compares the student with the teacher, which a run from a teacher store does not load; "
+                          "use perplexity", "evaluation.metric")
+
+
+def resolve_task(raw: dict) -> str:
+    """The run's task: the top-level ``task``, else the one ``teacher.task`` / ``student.task`` name (they must
+    agree, and agree with a top-level one), else ``sequence_classification``. It must be a training task
+    (:data:`brewkit.tasks.TASKS`); ``masked_lm`` / ``base`` only build models."""
+    named = {role: raw[role]["task"] for role in ("teacher", "student")
+             if isinstance(raw.get(role), dict) and raw[role].get("task") is not None}
+    top = raw.get("task")
+    if top is not None:
+        where = "task"
+        for role, t in named.items():
+            if t != top:
+                raise ConfigError(f"is {brief(t)} but the run's task is {brief(top)}; teacher and student train for "
+                                  "one task (set it once, at the top level)", f"{role}.task")
+    elif len(set(map(str, named.values()))) > 1:
+        raise ConfigError(f"is {brief(named['student'])} but teacher.task is {brief(named['teacher'])}; teacher and "
+                          "student train for one task (set it once, at the top level: task: ...)", "student.task")
+    else:
+        where = next((f"{role}.task" for role in ("student", "teacher") if role in named), "task")
+        top = named.get("student", named.get("teacher", DEFAULT_TASK))
+    if not isinstance(top, str) or top not in TASKS:
+        extra = " (it builds a model, but brewkit has no training task for it)" if top in HEADS else ""
+        raise ConfigError(f"must be one of the tasks {', '.join(TASKS)}{extra}; got {brief(top)}. A new task is "
+                          "registered with @brewkit.tasks.TASKS.register (docs/tasks.md) in a plugin", where)
+    return top
+
+
+def with_task_metric(raw: dict, task: str) -> dict:
+    """``raw`` (not changed) with ``evaluation.metric`` set to the task's default metric when it names none."""
+    section = raw.get("evaluation")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict) or section.get("metric") is not None:
+        return raw
+    return {**raw, "evaluation": {**section, "metric": get_task(task).metrics[0]}}
+
+
+def task_evaluation(evaluation: EvalConfig, task: str, distiller: str) -> None:
+    """A metric of another task (or ``teacher_agreement`` without a teacher) is a ConfigError at
+    ``evaluation.metric``."""
+    metrics = get_task(task).metrics
+    if evaluation.metric not in metrics:
+        raise ConfigError(f"task {task} is evaluated by {', '.join(metrics)}; got {brief(evaluation.metric)}",
+                          "evaluation.metric")
+    if evaluation.metric == "teacher_agreement" and distiller == "train":
+        raise ConfigError("teacher_agreement compares the student with the teacher, and distiller 'train' has none; "
+                          f"use {metrics[0]}", "evaluation.metric")
 
 
 def load_training(raw: dict, output_dir: str) -> tuple[TrainingConfig, OptimConfig, EvalConfig]:
