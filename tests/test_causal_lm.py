@@ -380,8 +380,9 @@ def _free_port() -> int:
 
 def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: int, normalization: str,
                 tokenizer_dir: str) -> None:
-    """10 SGD steps of causal-LM KD + hard labels on prompt/completion rows (effective batch 8), the Python way:
-    the task's encoding, collator and adaptor."""
+    """10 SGD steps of causal-LM KD + hard labels on prompt/completion rows (effective batch 8), the Python way,
+    with what a YAML run uses: the task's encoding, the two-part batches (the teacher's without labels) and the
+    task's adaptors."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     if world == 1:
@@ -391,7 +392,7 @@ def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: i
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
-    from brewkit.data import DataConfig, PadCollator
+    from brewkit.data import DataConfig, PadCollator, SelectCollator
     from brewkit.tasks import get_task
 
     task = get_task("causal_lm")
@@ -401,17 +402,18 @@ def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: i
     rows = lm_rows(80, seed=3)
     enc = task.encode({"text": [r["prompt"] for r in rows], "text_pair": [r["completion"] for r in rows]}, tok, data)
     items = [{k: enc[k][i] for k in ("input_ids", "labels")} for i in range(len(rows))]
-    loader = torch.utils.data.DataLoader(items, batch_size=batch, shuffle=False,
-                                         collate_fn=PadCollator(0, position_ids=True, padding_side="left"))
     cfg = {**GPT2, "n_layer": 2}
     del cfg["model_type"]
     torch.manual_seed(0)
     teacher, student = GPT2LMHeadModel(GPT2Config(**{**cfg, "n_layer": 3})), GPT2LMHeadModel(GPT2Config(**cfg))
+    collate = SelectCollator(PadCollator(0, position_ids=True, padding_side="left"), task.teacher_inputs(teacher),
+                             task.model_inputs(student))
+    loader = torch.utils.data.DataLoader(items, batch_size=batch, shuffle=False, collate_fn=collate)
     tc = TrainingConfig(output_dir=out, device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=100,
                         logging_steps=5, progress_bar=False, loss_normalization=normalization)
     dc = DistillationConfig(temperature=2, kd_loss_type="kl", kd_temperature_squared=True, hard_label_weight=1.0)
-    adaptor = task.adaptor(teacher, student, tok, data)
-    d = GeneralDistiller(tc, dc, teacher, student, adaptor, adaptor)
+    d = GeneralDistiller(tc, dc, teacher, student, task.teacher_adaptor(teacher, student, tok, data),
+                         task.adaptor(teacher, student, tok, data))
     task.configure(d)
     d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=1)
     if rank == 0:
