@@ -508,3 +508,28 @@ def test_output_layer_gives_the_fused_form_the_same_kd(lm, tmp_path):
     assert float(fused) == pytest.approx(float(terms["unweighted_kd_loss"]), rel=1e-5)
     with pytest.raises(ConfigError, match="has no output layer"):
         get_task("causal_lm").output_layer(torch.nn.Linear(2, 2))
+
+
+def test_probability_shift_swaps_each_positions_next_token_into_the_teachers_top(lm, tmp_path):
+    """TextBrewer's probability_shift on a causal LM: at every counted position the teacher's top logit and the
+    logit of the true next token trade places before the KL (labels of the selected positions from the task)."""
+    from transformers import AutoTokenizer
+
+    run = lm_run(lm, tmp_path / "o")
+    run["distillation"]["probability_shift"] = True
+    b, idx, full, batch = first_batch(run)
+    _, terms = b.distiller.dry_run(full)
+    counted = expected_targets(lm, AutoTokenizer.from_pretrained(lm.tokenizer), idx, batch["attention_mask"], "text")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        z_t = b.teacher(**inputs).logits.double()[counted]
+        z_s = b.student(**inputs).logits.double()[counted]
+    gold = torch.roll(batch["input_ids"], -1, dims=1)[counted]
+    rows = torch.arange(len(gold))
+    top = z_t.argmax(-1)
+    shifted = z_t.clone()
+    shifted[rows, gold], shifted[rows, top] = z_t[rows, top], z_t[rows, gold]
+    assert (shifted.argmax(-1) == gold).all()
+    log_t, log_s = torch.log_softmax(shifted / 2, -1), torch.log_softmax(z_s / 2, -1)
+    expected = 4 * (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    assert float(terms["unweighted_kd_loss"]) == pytest.approx(float(expected), rel=1e-5)
