@@ -417,8 +417,9 @@ def build(run: RunConfig, *, with_optimizer: bool = True) -> Built:
 # -- capture ----------------------------------------------------------------------------------------------------
 @dataclass
 class CaptureBuilt:
-    """What ``brewkit capture`` runs: the teacher (eval mode, on the device), its tokenizer and adaptor, this
-    rank's loader over the training set, and the indices of every training example (``expected``)."""
+    """What ``brewkit capture`` runs: the teacher (eval mode, on the device), its tokenizer and adaptor (the
+    student's: it counts the run's positions from the batch's labels), this rank's loader over the training set
+    (batches with every key the positions need), and the indices of every training example (``expected``)."""
 
     teacher: nn.Module
     tokenizer: Any
@@ -429,6 +430,7 @@ class CaptureBuilt:
     rank: int = 0
     world_size: int = 1
     rng_state: torch.Tensor | None = None  # torch's RNG right after the teacher was built (seeded runs)
+    teacher_keys: frozenset[str] | None = None  # the batch keys the teacher's forward takes (a causal LM's: no labels)
 
 
 def build_capture(run: RunConfig) -> CaptureBuilt:
@@ -477,4 +479,5 @@ def build_capture(run: RunConfig) -> CaptureBuilt:
     from .adaptors import hf_adaptor
 
     adaptor = task.adaptor(teacher, teacher, tokenizer, run.data) or hf_adaptor  # None: the Hugging Face one
-    return CaptureBuilt(teacher, tokenizer, adaptor, loader, task, expected, rank, world, rng_state)
+    return CaptureBuilt(teacher, tokenizer, adaptor, loader, task, expected, rank, world, rng_state,
+                        task.teacher_inputs(teacher))

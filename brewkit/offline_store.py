@@ -242,10 +242,12 @@ def new_manifest(kind: str, *, items: dict, k: int | None, vocab: int | None, cl
 def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory: str, manifest: dict, *,
             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
             barrier: Callable[[], None] = lambda: None, flush_every: int = 50, progress: bool = True,
-            expected: list[int] | None = None) -> dict:
+            expected: list[int] | None = None, teacher_keys: Any = None) -> dict:
     """Run ``teacher`` over ``loader`` (this rank's shard) and write what a run needs into ``directory``.
 
-    Examples already stored (a resumed capture, or another rank's) are skipped without running the teacher.
+    The teacher receives the batch keys in ``teacher_keys`` (None: all); ``adaptor`` sees the whole batch (the
+    labels that say which positions count). Examples already stored (a resumed capture, or another rank's) are
+    skipped without running the teacher.
     The index is flushed every ``flush_every`` batches and at the end; after a barrier, rank 0 marks the
     manifest complete when every index of ``expected`` (the training set's ``idx``) is stored. Returns the store's
     ``examples``, ``positions`` (records), ``bytes`` and ``bytes_per_position``, and this rank's ``written`` /
@@ -272,7 +274,9 @@ def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory:
             else:
                 with torch.inference_mode():
                     on_device = move_to_device(batch_T, device)
-                    results = normalize_output(adaptor(on_device, call_model(teacher, on_device, {})), "adaptor_T")
+                    inputs = on_device if teacher_keys is None else \
+                        {k: v for k, v in on_device.items() if k in teacher_keys}
+                    results = normalize_output(adaptor(on_device, call_model(teacher, inputs, {})), "adaptor_T")
                 records, counts = teacher_records(results, store, manifest)
                 mask = batch_T["attention_mask"] if "attention_mask" in batch_T else torch.ones_like(
                     batch_T["input_ids"])

@@ -453,7 +453,8 @@ def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, te
         from .engine.batches import call_model, move_to_device, split_batch
 
         part = move_to_device(split_batch(first)[0], next(cb.teacher.parameters()).device)
-        logits = normalize_output(cb.adaptor(part, call_model(cb.teacher, part, {})), "adaptor_T").get("logits")
+        inputs = {k: v for k, v in part.items() if cb.teacher_keys is None or k in cb.teacher_keys}
+        logits = normalize_output(cb.adaptor(part, call_model(cb.teacher, inputs, {})), "adaptor_T").get("logits")
     if not logits:
         raise ConfigError("the teacher's adaptor returned no logits, so there is nothing to capture", "teacher")
     shape = tuple(logits[0].shape)
@@ -477,7 +478,7 @@ def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, te
         cb.teacher, cb.adaptor, cb.loader, directory, manifest, device=next(cb.teacher.parameters()).device,
         rank=cb.rank, world_size=cb.world_size, barrier=lambda: distributed.barrier(cb.world_size),
         flush_every=settings.flush_every, progress=run.training.progress_bar if progress is None else progress,
-        expected=cb.expected)
+        expected=cb.expected, teacher_keys=cb.teacher_keys)
     return summary
 
 

@@ -263,9 +263,11 @@ def test_store_layout_manifest_and_bytes_per_position(lm, tmp_path):
     store = CapturedTeacherStore(str(tmp_path / "store"))
     b = build(load_run(run), with_optimizer=False)
     counted = 0
-    for batch in b.train_loader:
-        from brewkit.tasks import next_token_mask
+    from brewkit.engine.batches import split_batch
+    from brewkit.tasks import next_token_mask
 
+    for two_part in b.train_loader:
+        batch = split_batch(two_part)[1]  # the student's part: it has the labels the positions come from
         n = next_token_mask(batch).sum(-1)
         for i, c in zip(batch["idx"].tolist(), n.tolist()):
             assert store.entries()[list(store._entries).index(i)][2] == c  # noqa: SLF001 -- the test reads the index
