@@ -91,6 +91,18 @@ class Registry(MutableMapping):
         doc = (description or (fn.__doc__ or "").strip().split("\n")[0]).strip()
         self._meta[name] = {"description": doc, **meta}
 
+    def snapshot(self) -> tuple[dict, dict]:
+        """The entries and their attributes as they are now, for :meth:`restore` (tests register and forget)."""
+        return dict(self._store), {n: dict(m) for n, m in self._meta.items()}
+
+    def restore(self, snapshot: tuple[dict, dict]) -> None:
+        """Put back exactly the entries a :meth:`snapshot` saw, dropping any registered since."""
+        store, meta = snapshot
+        self._store.clear()
+        self._store.update(store)
+        self._meta.clear()
+        self._meta.update({n: dict(m) for n, m in meta.items()})
+
     # -- introspection -------------------------------------------------------------------------------
     def meta(self, name: str) -> dict[str, Any]:
         """Attributes registered with ``name`` (``description`` and any flags)."""

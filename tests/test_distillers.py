@@ -568,9 +568,12 @@ def test_a_match_loss_registered_without_a_denominator_counts_rows_and_says_so_o
     from brewkit.presets import MATCH_LOSS_MAP
 
     MATCH_LOSS_MAP.register("test_l1_without_denominator", overwrite=True)(lambda s, t, mask=None: (s - t).abs().mean())
-    with caplog.at_level(logging.INFO, logger="brewkit"):
-        assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
-        assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
+    try:
+        with caplog.at_level(logging.INFO, logger="brewkit"):
+            assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
+            assert match_denominator("test_l1_without_denominator") == ("rows", "rows")
+    finally:
+        del MATCH_LOSS_MAP["test_l1_without_denominator"]  # the registries are global: leave them as found
     said = [r.getMessage() for r in caplog.records if "test_l1_without_denominator" in r.getMessage()]
     assert len(said) == 1 and "declares no denominator" in said[0]
     assert match_denominator("hidden_mse") == ("tokens", "positions")  # a built-in states its own

@@ -188,3 +188,14 @@ def test_every_builtin_entry_has_a_description():
 def test_register_new_map_names():
     assert set(presets.MAPS) == {"kd_loss", "match_loss", "match_Loss", "projection", "weight_scheduler",
                                  "temperature_scheduler"}
+
+
+def test_a_snapshot_restores_exactly_the_entries_it_saw():
+    saved = MATCH_LOSS_MAP.snapshot()
+    before = MATCH_LOSS_MAP.describe()
+    MATCH_LOSS_MAP.register("test_snapshot_new", description="temporary")(lambda s, t, mask=None: s.sum())
+    del MATCH_LOSS_MAP["hidden_mse"]
+    assert "test_snapshot_new" in MATCH_LOSS_MAP and "hidden_mse" not in MATCH_LOSS_MAP
+    MATCH_LOSS_MAP.restore(saved)
+    assert MATCH_LOSS_MAP.describe() == before
+    assert MATCH_LOSS_MAP.meta("hidden_mse") == saved[1]["hidden_mse"]
