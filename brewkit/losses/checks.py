@@ -222,6 +222,13 @@ def counted_logits(logits_S: object, logits_T: object, temperature: object, mask
     return zS, zT, tau
 
 
+def check_temperature_squared(temperature_squared: object) -> bool:
+    """``temperature_squared`` must be a plain bool (a 0/1 or a string would silently mean something else)."""
+    if not isinstance(temperature_squared, bool):
+        raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
+    return temperature_squared
+
+
 # -- final-logit soft-capping --------------------------------------------------------------------------------
 def check_softcap(softcap: object) -> float | None:
     """``None`` (no capping) or a positive finite number (Gemma-2's ``final_logit_softcapping``)."""

@@ -67,6 +67,7 @@ from ..errors import ConfigError
 from .checks import (
     IGNORE_INDEX,
     check_softcap,
+    check_temperature_squared,
     counted_logits,
     mean_or_zero,
     scale_by_tau_squared,
@@ -293,8 +294,7 @@ def softmax_kd_loss(kind: str, logits_S: torch.Tensor, logits_T: torch.Tensor,
     See the module docstring for the formulas, parameters, temperature shapes and reduction.
     """
     params = resolve_params(kind, params)
-    if not isinstance(temperature_squared, bool):
-        raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
+    check_temperature_squared(temperature_squared)
     softcap = check_softcap(softcap)
     zS, zT, tau = counted_logits(logits_S, logits_T, temperature, mask, labels, ignore_index)
     per_row = divergence_per_row(kind, zS, zT, tau, softcap=softcap, **params)

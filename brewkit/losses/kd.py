@@ -32,13 +32,15 @@ the same numbers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from .checks import (
     IGNORE_INDEX,
     check_softcap,
+    check_temperature_squared,
     counted_logits,
     mean_or_zero,
     scale_by_tau_squared,
@@ -47,9 +49,20 @@ from .checks import (
 from .divergences import softmax_kd_loss
 
 
-def _check_t2(temperature_squared: object) -> None:
-    if not isinstance(temperature_squared, bool):
-        raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
+def elementwise_kd_loss(per_element: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor,
+                        mask: torch.Tensor | None, temperature_squared: bool, softcap: float | None,
+                        labels: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """Mean over counted rows x classes of ``per_element(z^S / tau, z^T / tau)`` (the losses without a softmax:
+    ``mse``, ``bce``), each element times its row's tau^2 with ``temperature_squared``."""
+    check_temperature_squared(temperature_squared)
+    softcap = check_softcap(softcap)
+    zS, zT, tau = counted_logits(logits_S, logits_T, temperature, mask, labels, ignore_index)
+    zS, zT = soft_cap(zS, softcap), soft_cap(zT, softcap)
+    loss = per_element(zS / tau, zT / tau)
+    if temperature_squared:
+        loss = scale_by_tau_squared(loss, tau)
+    return mean_or_zero(loss)
 
 
 def kd_ce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
@@ -82,14 +95,8 @@ def kd_mse_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: flo
     Differences from TextBrewer: ``mask`` / ``labels``, ``temperature_squared``, ``softcap`` (all off by
     default).
     """
-    _check_t2(temperature_squared)
-    softcap = check_softcap(softcap)
-    zS, zT, tau = counted_logits(logits_S, logits_T, temperature, mask, labels, ignore_index)
-    zS, zT = soft_cap(zS, softcap), soft_cap(zT, softcap)
-    per_element = (zS / tau - zT / tau) ** 2
-    if temperature_squared:
-        per_element = scale_by_tau_squared(per_element, tau)
-    return mean_or_zero(per_element)
+    return elementwise_kd_loss(lambda s, t: (s - t) ** 2, logits_S, logits_T, temperature, mask,
+                               temperature_squared, softcap, labels, ignore_index)
 
 
 def kd_kl_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: float | torch.Tensor = 1,
@@ -118,12 +125,8 @@ def kd_bce_loss(logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: flo
     ``= mean [ -q log sigmoid(z^S/tau) - (1 - q) log(1 - sigmoid(z^S/tau)) ]`` with ``q = sigmoid(z^T / tau)``,
     computed stably from the logits. Each class is an independent yes/no decision (no softmax).
     """
-    _check_t2(temperature_squared)
-    softcap = check_softcap(softcap)
-    zS, zT, tau = counted_logits(logits_S, logits_T, temperature, mask, labels, ignore_index)
-    zS, zT = soft_cap(zS, softcap), soft_cap(zT, softcap)
-    target = torch.sigmoid(zT / tau)
-    per_element = F.binary_cross_entropy_with_logits(zS / tau, target, reduction="none")
-    if temperature_squared:
-        per_element = scale_by_tau_squared(per_element, tau)
-    return mean_or_zero(per_element)
+    def per_element(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(s, torch.sigmoid(t), reduction="none")
+
+    return elementwise_kd_loss(per_element, logits_S, logits_T, temperature, mask, temperature_squared, softcap,
+                               labels, ignore_index)

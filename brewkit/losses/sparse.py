@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
-from .checks import mean_or_zero
+from .checks import check_temperature_squared, mean_or_zero
 from .divergences import divergence_per_row, resolve_params
 
 #: The divergence kinds that have a sparse (top-k + tail) form; see the module docstring for the others.
@@ -173,8 +173,7 @@ def sparse_kd_loss(kind: str, logits_S: torch.Tensor, teacher: TopKTeacher, temp
     if kind not in SPARSE_KINDS:
         raise ConfigError(f"must be one of {', '.join(SPARSE_KINDS)}; got {kind!r}", "kind")
     params = resolve_params(kind, params)
-    if not isinstance(temperature_squared, bool):
-        raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
+    check_temperature_squared(temperature_squared)
     log_q, log_p = bucket_log_probs(logits_S, teacher, temperature)
     if kind == "ce":  # -sum P log Q: a bucket with P = 0 counts 0 (its log Q may be -inf)
         p = log_p.exp()

@@ -42,6 +42,7 @@ from .checks import (
     IGNORE_INDEX,
     check_same_device,
     check_softcap,
+    check_temperature_squared,
     check_tensor,
     compute_dtype,
     counted_row_indices,
@@ -65,8 +66,7 @@ def _check_options(kind: object, chunk_size: object, temperature_squared: object
                                    or chunk_size < 1):
         raise ConfigError(f"must be a positive integer (rows per chunk) or None (automatic), got {chunk_size!r}",
                           "chunk_size")
-    if not isinstance(temperature_squared, bool):
-        raise ConfigError(f"must be True or False, got {temperature_squared!r}", "temperature_squared")
+    check_temperature_squared(temperature_squared)
 
 
 def _auto_chunk(chunk_size: int | None, n_classes: int, elements: int, kind: str) -> int:
