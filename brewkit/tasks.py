@@ -108,11 +108,15 @@ class TokenAdaptor:
     ``probability_shift`` swaps), and logits cut to the first ``vocab`` ids when the model has more (teacher and
     student vocabularies that differ only by padding rows distill over the ids they share). With
     ``positions=None`` (a teacher whose batch has no labels) it returns neither: the KD term then takes the
-    student's mask for the teacher's logits (:func:`brewkit.distillers.basic.teacher_mask`).
+    student's mask for the teacher's logits (:func:`brewkit.distillers.basic.teacher_mask`). A batch with no
+    target at all (every label -100) gets a hard-label loss of 0, not the model's NaN mean over nothing (as the
+    KD term: a defined 0 with gradient 0), so that a micro-batch of fully masked rows adds nothing to the step.
 
     Its ``__qualname__`` names the task and settings: the teacher store's fingerprint includes it, so stored
     teacher masks are never reused under other settings.
     """
+
+    reads_hf_outputs = True  # hf_adaptor's outputs: the distiller asks the model for the features the loss needs
 
     def __init__(self, task: str, positions: Callable[[Mapping], torch.Tensor] | None,
                  targets: Callable[[Mapping, torch.Tensor], torch.Tensor | None] | None = None,
@@ -136,6 +140,12 @@ class TokenAdaptor:
         targets = self.targets(batch, mask) if self.targets is not None else None
         if targets is not None:
             out["labels"] = targets
+            losses = out.get("losses")
+            if losses is not None:  # the model's mean over no target is NaN: 0 instead (no device sync)
+                counted = (targets != IGNORE_INDEX).any()
+                out["losses"] = ([torch.where(counted, x, torch.zeros_like(x)) for x in losses]
+                                 if isinstance(losses, (list, tuple)) else
+                                 torch.where(counted, losses, torch.zeros_like(losses)))
         else:
             out.pop("labels", None)
         return out

@@ -243,8 +243,9 @@ class AbstractDistiller(TrainingLoop):
 
     # -- forward passes and adaptors --------------------------------------------------------------------
     def model_kwargs(self, adaptor: Any) -> dict:
-        """Ask Hugging Face models for hidden states / attentions when the built-in adaptor is in use."""
-        if adaptor is not None and adaptor is not hf_adaptor:
+        """Ask Hugging Face models for hidden states / attentions when the built-in adaptor is in use, or one built
+        on it that says so (``reads_hf_outputs = True``, as the tasks' :class:`~brewkit.tasks.TokenAdaptor`)."""
+        if adaptor is not None and adaptor is not hf_adaptor and not getattr(adaptor, "reads_hf_outputs", False):
             return {}
         need = self.needed_features()
         kw = {}
