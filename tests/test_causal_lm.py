@@ -7,6 +7,7 @@ calling the models directly, and KL / cross-entropy are written from their formu
 import contextlib
 import io
 import json
+import math
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from task_helpers import GPT2, VOCAB, lm_assets, lm_rows, lm_run, write_rows
 
 from brewkit.build import build
 from brewkit.cli import main
+from brewkit.engine.batches import DENOMINATORS, denominator_counts
 from brewkit.errors import ConfigError
 from brewkit.run import drop_example_index
 from brewkit.runfile import load_run
@@ -372,23 +374,23 @@ def test_chat_rows_without_a_chat_template_are_a_config_error(lm, tmp_path):
 
 
 # -- effective-batch normalisation over micro-batches and processes ---------------------------------------------
+MASKED_ROWS = (5, 13)  # rows whose labels are all -100: none of their positions counts
+KD_FORMS = [("kl", {}, "plain"), ("jsd", {"beta": 0.3}, "chunked"), ("skew_reverse_kl", {"alpha": 0.2}, "fused"),
+            ("tvd", {}, "plain")]
+ALL_LAYOUTS = ((1, 4, 2), (2, 4, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4))  # (world, batch, accum), 8 rows a step
+HARDEST = ((1, 2, 4), (2, 1, 4))  # accumulation 4; with batch 1, rows 5 and 13 are micro-batches of their own
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: int, normalization: str,
-                tokenizer_dir: str) -> None:
-    """10 SGD steps of causal-LM KD + hard labels on prompt/completion rows (effective batch 8), the Python way,
-    with what a YAML run uses: the task's encoding, the two-part batches (the teacher's without labels) and the
-    task's adaptors."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    if world == 1:
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            os.environ.pop(k, None)
-    torch.set_num_threads(1)
+def _lm_distiller(out: str, batch: int, accum: int, normalization: str, kd: tuple, tokenizer_dir: str):
+    """``(distiller, student, loader, items)`` for causal-LM KD + hard labels on 80 prompt/completion rows, the
+    Python way, with what a YAML run uses: the task's encoding, the two-part batches (the teacher's without
+    labels), the task's adaptors and configure(). Rows MASKED_ROWS have every label -100."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
@@ -402,6 +404,8 @@ def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: i
     rows = lm_rows(80, seed=3)
     enc = task.encode({"text": [r["prompt"] for r in rows], "text_pair": [r["completion"] for r in rows]}, tok, data)
     items = [{k: enc[k][i] for k in ("input_ids", "labels")} for i in range(len(rows))]
+    for i in MASKED_ROWS:
+        items[i]["labels"] = [-100] * len(items[i]["labels"])
     cfg = {**GPT2, "n_layer": 2}
     del cfg["model_type"]
     torch.manual_seed(0)
@@ -410,45 +414,103 @@ def _lm_process(rank: int, world: int, port: int, out: str, batch: int, accum: i
                              task.model_inputs(student))
     loader = torch.utils.data.DataLoader(items, batch_size=batch, shuffle=False, collate_fn=collate)
     tc = TrainingConfig(output_dir=out, device="cpu", gradient_accumulation_steps=accum, ckpt_frequency=100,
-                        logging_steps=5, progress_bar=False, loss_normalization=normalization)
-    dc = DistillationConfig(temperature=2, kd_loss_type="kl", kd_temperature_squared=True, hard_label_weight=1.0)
+                        logging_steps=1, progress_bar=False, loss_normalization=normalization)
+    kd_type, kd_args, implementation = kd
+    dc = DistillationConfig(temperature=2, kd_loss_type=kd_type, kd_loss_args=kd_args,
+                            kd_implementation=implementation, kd_temperature_squared=True, hard_label_weight=1.0)
     d = GeneralDistiller(tc, dc, teacher, student, task.teacher_adaptor(teacher, student, tok, data),
                          task.adaptor(teacher, student, tok, data))
-    task.configure(d)
-    d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=1)
-    if rank == 0:
-        torch.save([p.detach().clone() for p in student.parameters()], os.path.join(out, "final_weights.pt"))
+    task.configure(d)  # the next-token denominators
+    return d, student, loader, items
+
+
+def _lm_process(rank: int, world: int, port: int, out: str, tokenizer_dir: str, runs: list[tuple]) -> None:
+    """Per run ``(name, batch, accum, normalization, kd)`` in turn, in one process group: 10 SGD steps (effective
+    batch 8) from the same initial student; ``out/name`` gets the metrics and (rank 0) ``weights.pt``, the
+    student's parameters before and after."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    if world == 1:
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            os.environ.pop(k, None)
+    torch.set_num_threads(1)
+    for name, batch, accum, normalization, kd in runs:
+        d, student, loader, _ = _lm_distiller(os.path.join(out, name), batch, accum, normalization, kd,
+                                              tokenizer_dir)
+        initial = [p.detach().clone() for p in student.parameters()]
+        d.train(torch.optim.SGD(student.parameters(), lr=0.5), loader, num_epochs=1)
+        if rank == 0:
+            torch.save({"initial": initial, "final": [p.detach().clone() for p in student.parameters()]},
+                       os.path.join(out, name, "weights.pt"))
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _lm_launch(tmp_path, name, world, batch, accum, tokenizer_dir, normalization="effective_batch"):
-    out = str(tmp_path / name)
-    args = (world, _free_port(), out, batch, accum, normalization, tokenizer_dir)
-    ctx = mp.start_processes(_lm_process, args=args, nprocs=world, join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
+def _lm_launch(tmp_path, world: int, tokenizer_dir: str, runs: list[tuple]) -> dict[str, dict]:
+    """``runs`` on ``world`` processes: per run name, its weights (``initial``, ``final``) and metric records."""
+    out = tmp_path / f"world{world}"
+    ctx = mp.start_processes(_lm_process, args=(world, _free_port(), str(out), tokenizer_dir, runs), nprocs=world,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 400
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail(f"run {name} did not finish in 240 s")
-    return torch.load(os.path.join(out, "final_weights.pt"), weights_only=True)
+            pytest.fail(f"{world}-process runs did not finish in 400 s")
+    return {name: {**torch.load(out / name / "weights.pt", weights_only=True), "records": _metrics(out / name)}
+            for name, *_ in runs}
 
 
 @pytest.mark.slow
 def test_same_effective_batch_same_update_for_causal_lm(lm, tmp_path):
-    """Rows hold different numbers of completion tokens, so per-micro-batch means would differ; averaged over
-    the effective batch's next-token positions, 8 rows in one batch, in 2 x 4 (accumulation), on 2 x 4 (two
-    processes) and 2 x 2 x 2 give the same update."""
-    reference = _lm_launch(tmp_path, "ref", 1, 8, 1, lm.tokenizer)
-    for world, batch, accum in ((1, 4, 2), (2, 4, 1), (2, 2, 2)):
-        other = _lm_launch(tmp_path, f"w{world}b{batch}a{accum}", world, batch, accum, lm.tokenizer)
-        for a, b in zip(reference, other):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    per_micro = _lm_launch(tmp_path, "micro", 1, 4, 2, lm.tokenizer, normalization="micro_batch")
-    assert max(float((a - b).abs().max()) for a, b in zip(reference, per_micro)) > 1e-4
+    """Rows hold different numbers of completion tokens (two none at all), so per-micro-batch means would
+    differ; averaged over the effective batch's next-token positions, 8 rows in one batch give the same 10 SGD
+    updates as 2 x 4 and 4 x 2 (accumulation), 2 x 4 (two processes), 2 x 2 x 2 and 2 x 1 x 4, for kl (plain),
+    jsd (chunked), skew_reverse_kl (fused) and tvd (the last three on the accumulation-4 layouts only). A
+    micro-batch holding only a fully masked row has KD and hard-label terms of exactly 0 (not NaN), and every
+    run's logged losses and weights stay finite. All runs of a world size share one launch (start-up is most of
+    the time)."""
+    runs: dict[int, list[tuple]] = {1: [], 2: []}
+    compared = []  # (divergence, the layout's run)
+    for kd in KD_FORMS:
+        kd_type = kd[0]
+        runs[1].append((f"{kd_type}-ref", 8, 1, "effective_batch", kd))
+        for world, batch, accum in ALL_LAYOUTS if kd_type == "kl" else HARDEST:
+            runs[world].append((f"{kd_type}-w{world}b{batch}a{accum}", batch, accum, "effective_batch", kd))
+            compared.append((kd_type, runs[world][-1][0]))
+    runs[1].append(("kl-micro", 4, 2, "micro_batch", KD_FORMS[0]))  # per-micro-batch means: a different update
+    # a micro-batch of one fully masked row: nothing counts, and both terms are a defined 0
+    for kd in KD_FORMS:
+        d, _, loader, items = _lm_distiller(str(tmp_path / "alone"), 1, 1, "effective_batch", kd, lm.tokenizer)
+        for i in MASKED_ROWS:
+            alone = loader.collate_fn([items[i]])
+            assert alone["student"]["attention_mask"].sum() == len(items[i]["input_ids"]) > 2
+            assert float(denominator_counts(alone["student"])[DENOMINATORS.index("next_tokens")]) == 0
+            _, terms = d.dry_run(alone)
+            assert float(terms["unweighted_kd_loss"]) == 0, kd
+            assert float(terms["unweighted_hard_label_loss"]) == 0, kd
+    results = {**_lm_launch(tmp_path, 1, lm.tokenizer, runs[1]), **_lm_launch(tmp_path, 2, lm.tokenizer, runs[2])}
+    for name, r in results.items():
+        assert all(torch.isfinite(w).all() for w in r["final"]), name
+        assert [rec["step"] for rec in r["records"]] == list(range(1, 11)), name
+        for rec in r["records"]:
+            assert all(math.isfinite(rec[k]) for k in ("loss", "unweighted_kd_loss", "unweighted_hard_label_loss"))
+    for kd_type, _, _ in KD_FORMS:
+        reference = results[f"{kd_type}-ref"]
+        for before, after in zip(reference["initial"], reference["final"]):
+            assert not torch.equal(before, after), kd_type  # every tensor was trained
+    gaps = {}
+    for kd_type, name in compared:
+        for a, b in zip(results[f"{kd_type}-ref"]["final"], results[name]["final"]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        gaps[name] = max(float((a - b).abs().max()) for a, b in zip(results[f"{kd_type}-ref"]["final"],
+                                                                    results[name]["final"]))
+    per_micro = results["kl-micro"]["final"]
+    gaps["kl-micro"] = max(float((a - b).abs().max()) for a, b in zip(results["kl-ref"]["final"], per_micro))
+    assert gaps["kl-micro"] > 1e-4
+    print("\nlargest weight difference from the one-batch run:", ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()))
 
 
 def test_rows_of_the_data_become_token_targets(lm, tmp_path):
