@@ -385,7 +385,8 @@ def check_distillation(dc: Any, manifest: Mapping, prefix: str = "distillation."
                           f"{prefix}{field}")
     if getattr(dc, "kd_implementation", "plain") == "fused":
         raise ConfigError("the fused form takes the teacher's dense logits or hidden states; a run from a teacher "
-                          "store computes the sparse loss (plain or chunked)", f"{prefix}kd_implementation")
+                          "store computes the sparse loss from the student's logits: set kd_implementation: plain",
+                          f"{prefix}kd_implementation")
     if manifest["kind"] != "topk":
         return
     sparse_form(KD_LOSS_MAP.meta(dc.kd_loss_type).get("kind"), dc.kd_loss_type, f"{prefix}kd_loss_type")

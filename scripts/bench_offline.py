@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads of each process (default: all)")
     p.add_argument("--steps", type=int, default=None, help="student steps of every run (default 200; quick 3)")
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps (default 300)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-file override for every distillation run and capture (repeatable), e.g. "
+                        "distillation.hard_label_weight=0.5")
     args = p.parse_args(argv)
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def train(name: str, config: str, *more: str) -> dict:
         run_dir = os.path.join(out, name)
-        teacher = [f"teacher.path={teacher_dir}"] if config == cfg("distill") else []
+        teacher = [f"teacher.path={teacher_dir}", *args.sets] if config == cfg("distill") else []
         s = brewkit(["train", config, *overrides("student", f"output_dir={run_dir}", *teacher,
                                                  "training.overwrite_output_dir=true", *more)],
                     args.threads, os.path.join(out, f"{name}.log"))
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(store)
         extra = ["--k", "1000000"] if k == "full" else ["--k", k]
         s = brewkit(["capture", cfg("distill"), "--out", store, *extra,
-                     *overrides("student", f"teacher.path={teacher_dir}", *more)], args.threads,
+                     *overrides("student", f"teacher.path={teacher_dir}", *args.sets, *more)], args.threads,
                     os.path.join(out, f"capture_{name}.log"))
         results["stores"][name] = {"k": int(s["k"]), "positions": int(s["positions"]), "bytes": int(s["bytes"]),
                                    "bytes_per_token": round(float(s["bytes_per_position"]), 1),
@@ -168,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
         store = capture(f"k{k}", k, *subset)
         if subset:
             train("live_full_subset", cfg("distill"), *subset)
-        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", *subset)
+        # the fused form needs the teacher's dense logits: a store run computes the sparse loss from the logits
+        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", "distillation.kd_implementation=plain",
+              *subset)
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     with open(os.path.join(out, "results_offline.json"), "w", encoding="utf-8") as f:
@@ -176,10 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}")
     for name, s in results["stores"].items():
         print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}")
-    print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'peak RSS MB':>13}")
+    alone = results["runs"]["student_alone"]["step_seconds"]
+    print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'x alone':>9}{'peak RSS MB':>13}")
     for name, r in results["runs"].items():
         step = f"{r['step_seconds']:.4f}" if r["step_seconds"] is not None else "-"
-        print(f"{name:<20}{r['perplexity']:>12.2f}{step:>10}{r['peak_rss_mb'] or 0:>13.0f}")
+        ratio = f"{r['step_seconds'] / alone:.3f}" if r["step_seconds"] and alone else "-"
+        print(f"{name:<20}{r['perplexity']:>12.2f}{step:>10}{ratio:>9}{r['peak_rss_mb'] or 0:>13.0f}")
     print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
           f"{os.path.join(out, 'results_offline.json')}")
     return results

@@ -42,10 +42,11 @@ def save_plot(run_dir: str) -> str | None:
     return plot.plot_run(run_dir)
 
 
-def stage(name: str, overrides: list[str]) -> dict:
+def stage(name: str, overrides: list[str], prefix: str = "demo") -> dict:
+    """Train ``configs/{prefix}_{name}.yaml`` with ``overrides``: its summary, ``wall_seconds`` and ``plot``."""
     from brewkit import run, runfile
 
-    cfg = runfile.load_run(os.path.join(CONFIGS, f"demo_{name}.yaml"), overrides)
+    cfg = runfile.load_run(os.path.join(CONFIGS, f"{prefix}_{name}.yaml"), overrides)
     t0 = time.perf_counter()
     summary = run.train_run(cfg)
     if summary.get("interrupted"):
@@ -53,6 +54,25 @@ def stage(name: str, overrides: list[str]) -> dict:
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary["plot"] = save_plot(cfg.output_dir)
     return summary
+
+
+def stage_results(stages: dict[str, dict], keys: dict[str, str]) -> dict:
+    """``{f"{stage}_{name}": summary[key]}`` for each stage's summary and each ``name: key`` of ``keys``."""
+    return {f"{s}_{name}": summary[key] for name, key in keys.items() for s, summary in stages.items()}
+
+
+def write_results(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Rows of already formatted cells: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) + 2 for i in range(len(header))]
+    print()
+    for r in [header, *rows]:
+        print(f"{r[0]:<{widths[0]}}" + "".join(f"{c:>{w}}" for c, w in zip(r[1:], widths[1:])))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,31 +106,17 @@ def main(argv: list[str] | None = None) -> dict:
     student = stage("distill", [f"output_dir={os.path.join(out, 'student')}",
                                 f"teacher.path={teacher_final}", *extra])
     baseline = stage("baseline", [f"output_dir={os.path.join(out, 'baseline')}", *extra])
-    results = {
-        "teacher_accuracy": teacher["eval_accuracy"],
-        "student_accuracy": student["eval_accuracy"],
-        "baseline_accuracy": baseline["eval_accuracy"],
-        "teacher_parameters": teacher["student_parameters"],
-        "student_parameters": student["student_parameters"],
-        "teacher_seconds": teacher["wall_seconds"],
-        "student_seconds": student["wall_seconds"],
-        "baseline_seconds": baseline["wall_seconds"],
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "quick": args.quick,
-        "torch_threads": torch.get_num_threads(),
-    }
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    rows = [("teacher (MiniLM-L6, fine-tuned)", results["teacher_parameters"], results["teacher_accuracy"],
-             results["teacher_seconds"]),
-            ("student, distilled (3 layers)", results["student_parameters"], results["student_accuracy"],
-             results["student_seconds"]),
-            ("student, no teacher (baseline)", results["student_parameters"], results["baseline_accuracy"],
-             results["baseline_seconds"])]
-    print(f"\n{'model':<34}{'parameters':>12}{'accuracy':>10}{'seconds':>9}")
-    for name, params, acc, secs in rows:
-        print(f"{name:<34}{params / 1e6:>11.1f}M{acc:>10.2%}{secs:>9.0f}")
+    stages = {"teacher": teacher, "student": student, "baseline": baseline}
+    results = {**stage_results(stages, {"accuracy": "eval_accuracy", "parameters": "student_parameters",
+                                        "seconds": "wall_seconds"}),
+               "total_seconds": round(time.perf_counter() - t0, 1), "quick": args.quick,
+               "torch_threads": torch.get_num_threads()}
+    write_results(os.path.join(out, "results.json"), results)
+    labels = {"teacher": "teacher (MiniLM-L6, fine-tuned)", "student": "student, distilled (3 layers)",
+              "baseline": "student, no teacher (baseline)"}
+    print_table(["model", "parameters", "accuracy", "seconds"],
+                [[label, f"{results[f'{s}_parameters'] / 1e6:.1f}M", f"{results[f'{s}_accuracy']:.2%}",
+                  f"{results[f'{s}_seconds']:.0f}"] for s, label in labels.items()])
     print(f"total {results['total_seconds']:.0f} s; results in {os.path.join(out, 'results.json')}")
     plots = [s["plot"] for s in (teacher, student, baseline) if s is not None and s.get("plot")]
     if plots:
@@ -138,9 +144,7 @@ def _seeds(seeds: list[int], teacher_final: str, out: str, extra: list[str]) -> 
                "gap_mean": statistics.mean(gaps),
                "gap_stdev": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
                "gap_min": min(gaps), "quick": bool(extra)}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "seeds.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_results(os.path.join(out, "seeds.json"), results)
     print(f"\n{'seed':>6}{'distilled':>11}{'baseline':>10}{'gap':>8}")
     for r in rows:
         print(f"{r['seed']:>6}{r['student_accuracy']:>11.2%}{r['baseline_accuracy']:>10.2%}{r['gap'] * 100:>+7.2f}")

@@ -15,7 +15,6 @@ teacher), parameter counts and wall times, and writes OUTPUT_DIR/results_lm.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +22,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the classification demo's helpers, when imported
+from demo import print_table, stage, stage_results, write_results  # noqa: E402
+
 QUICK = {  # tiny models and a few steps on a subset: the whole demo in seconds
     "common": ["data.max_train_examples=96", "data.max_eval_examples=32", "data.max_length=32",
                "training.logging_steps=1", "student.config.n_positions=32"],
@@ -34,18 +35,6 @@ QUICK = {  # tiny models and a few steps on a subset: the whole demo in seconds
     "baseline": ["training.num_steps=4", "student.config.n_embd=16", "student.config.n_layer=1",
                  "student.config.n_head=1"],
 }
-
-
-def stage(name: str, overrides: list[str]) -> dict:
-    from brewkit import run, runfile
-
-    cfg = runfile.load_run(os.path.join(CONFIGS, f"demo_lm_{name}.yaml"), overrides)
-    t0 = time.perf_counter()
-    summary = run.train_run(cfg)
-    if summary.get("interrupted"):
-        sys.exit(f"demo stage {name!r} interrupted at step {summary['steps']}; checkpoint in {summary['checkpoint']}")
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    return summary
 
 
 def shape(out: str, stage_dir: str) -> str:
@@ -74,40 +63,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     teacher_dir = os.path.join(out, "teacher")
-    teacher = stage("teacher", [f"output_dir={teacher_dir}", *extra("teacher")])
+    teacher = stage("teacher", [f"output_dir={teacher_dir}", *extra("teacher")], prefix="demo_lm")
     teacher_final = os.path.join(teacher_dir, "final")
     student = stage("distill", [f"output_dir={os.path.join(out, 'student')}", f"teacher.path={teacher_final}",
-                                *extra("distill")])
-    baseline = stage("baseline", [f"output_dir={os.path.join(out, 'baseline')}", *extra("baseline")])
-    results = {
-        "teacher_perplexity": teacher["eval_perplexity"],
-        "student_perplexity": student["eval_perplexity"],
-        "baseline_perplexity": baseline["eval_perplexity"],
-        "student_teacher_agreement": student["eval_teacher_agreement"],
-        "teacher_parameters": teacher["student_parameters"],
-        "student_parameters": student["student_parameters"],
-        "teacher_steps": teacher["steps"],
-        "student_steps": student["steps"],
-        "baseline_steps": baseline["steps"],
-        "teacher_seconds": teacher["wall_seconds"],
-        "student_seconds": student["wall_seconds"],
-        "baseline_seconds": baseline["wall_seconds"],
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "quick": args.quick,
-        "torch_threads": torch.get_num_threads(),
-    }
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results_lm.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    rows = [(f"teacher ({shape(out, 'teacher')})", results["teacher_parameters"], results["teacher_perplexity"],
-             results["teacher_steps"], results["teacher_seconds"]),
-            (f"student, distilled ({shape(out, 'student')})", results["student_parameters"],
-             results["student_perplexity"], results["student_steps"], results["student_seconds"]),
-            (f"student, alone ({shape(out, 'baseline')})", results["student_parameters"],
-             results["baseline_perplexity"], results["baseline_steps"], results["baseline_seconds"])]
-    print(f"\n{'model':<36}{'parameters':>12}{'perplexity':>12}{'steps':>7}{'seconds':>9}")
-    for name, params, ppl, steps, secs in rows:
-        print(f"{name:<36}{params / 1e6:>11.2f}M{ppl:>12.1f}{steps:>7}{secs:>9.0f}")
+                                *extra("distill")], prefix="demo_lm")
+    baseline = stage("baseline", [f"output_dir={os.path.join(out, 'baseline')}", *extra("baseline")], prefix="demo_lm")
+    stages = {"teacher": teacher, "student": student, "baseline": baseline}
+    results = {**stage_results(stages, {"perplexity": "eval_perplexity", "parameters": "student_parameters",
+                                        "steps": "steps", "seconds": "wall_seconds"}),
+               "student_teacher_agreement": student["eval_teacher_agreement"],
+               "total_seconds": round(time.perf_counter() - t0, 1), "quick": args.quick,
+               "torch_threads": torch.get_num_threads()}
+    write_results(os.path.join(out, "results_lm.json"), results)
+    labels = {"teacher": "teacher", "student": "student, distilled", "baseline": "student, alone"}
+    print_table(["model", "parameters", "perplexity", "steps", "seconds"],
+                [[f"{label} ({shape(out, s)})", f"{results[f'{s}_parameters'] / 1e6:.2f}M",
+                  f"{results[f'{s}_perplexity']:.1f}", str(results[f"{s}_steps"]), f"{results[f'{s}_seconds']:.0f}"]
+                 for s, label in labels.items()])
     print(f"distilled student's top-1 agreement with the teacher: {results['student_teacher_agreement']:.1%}")
     print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
           f"{os.path.join(out, 'results_lm.json')}")

@@ -426,6 +426,7 @@ def test_hf_student_checkpoint_loads_with_from_pretrained(tmp_path):
         assert torch.equal(a, b), n
 
 
+@pytest.mark.slow  # torch.compile's first compile takes half a minute on CPU
 def test_compile_option_trains_the_same_student(tmp_path):
     torch.manual_seed(12)
     teacher, student = Toy(), Toy()
