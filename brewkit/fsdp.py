@@ -125,10 +125,18 @@ def is_sharded_checkpoint(directory: str) -> bool:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of a sharded ``model`` on the CPU of rank 0 (empty elsewhere); a
-    collective: every process calls it."""
+    collective: every process calls it. Keys the model ties to one parameter (tied input / output embeddings)
+    share one tensor, as in ``model.state_dict()``: the gather copies each key apart, and ``save_pretrained``
+    would then write the tied copy too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first: dict[int, str] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        owner = first.setdefault(id(value), name)
+        if owner != name and owner in state and name in state:
+            state[name] = state[owner]
+    return state
 
 
 def unshard_architectures(directory: str) -> None:
