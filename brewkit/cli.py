@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plot_run(args.run_dir, args.out))
             return 0
         from . import run, runfile
+        from .distributed import close_process_group
 
         cfg = runfile.load_run(args.run_file, args.overrides)
         if args.command == "validate":
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             if summary.get("interrupted"):
                 print(f"interrupted ({summary.get('signal')}) at step {summary['steps']}: checkpoint saved in "
                       f"{summary['checkpoint']}; {summary['resume']}", file=sys.stderr)
+                close_process_group()  # every process stopped at the same step (the loop agreed on it)
                 return 143 if summary.get("signal") == "SIGTERM" else 130
         elif args.command == "capture":
             summary = run.capture_run(cfg, args.out, args.k, args.temperature, args.dtype)
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             out = run.generate_run(cfg, args.checkpoint, args.prompt, args.max_new_tokens, args.sample,
                                    args.temperature, args.top_k, args.seed)
             print(f"{out['prompt']}{' ' if out['completion'] else ''}{out['completion']}")
+        close_process_group()
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

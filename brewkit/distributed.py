@@ -112,6 +112,18 @@ def barrier(world_size: int) -> None:
         dist.barrier()
 
 
+def close_process_group() -> None:
+    """After a command under ``torchrun``: every process is done with every collective, then the group goes.
+
+    A gloo group left to the interpreter's exit can abort a process (``terminate called without an active
+    exception``) while the other is still in its last collective, so torchrun reports a failed run
+    (pytorch/pytorch#190489; seen with FSDP). Nothing to do without a process group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @dataclass
 class DistributedContext:
     """This process's place in the run: rank, world size, device, and the collectives the loop uses. One process

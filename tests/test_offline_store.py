@@ -594,7 +594,8 @@ def _cli_process(rank: int, world: int, port: int, argv: list[str]) -> None:
         raise SystemExit(code)
 
 
-def _launch(world: int, argv: list[str]) -> None:
+def launch_cli(world: int, argv: list[str]) -> None:
+    """``brewkit ARGV`` in ``world`` spawned gloo processes; fails the test after 240 s."""
     ctx = mp.start_processes(_cli_process, args=(world, _free_port(), argv), nprocs=world, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + 240
@@ -612,12 +613,12 @@ def test_capture_and_training_from_the_store_under_ddp_equal_live_ddp_training(l
     live = lm_sgd_run(lm, tmp_path / "live", shuffle=True)
     live["data"]["batch_size"] = 4
     path = write(tmp_path / "live.yaml", live)
-    _launch(2, ["capture", path, "--out", str(tmp_path / "store"), "--k", "1000", "--dtype", "float32"])
+    launch_cli(2, ["capture", path, "--out", str(tmp_path / "store"), "--k", "1000", "--dtype", "float32"])
     assert (tmp_path / "store" / "data-rank1.bin").stat().st_size > 0
     assert sorted(set(index_entries(tmp_path / "store"))) == list(range(24))
     assert read_manifest(str(tmp_path / "store"))["complete"]
-    _launch(2, ["train", path])
-    _launch(2, ["train", write(tmp_path / "s.yaml", store_run(live, tmp_path / "store", tmp_path / "from"))])
+    launch_cli(2, ["train", path])
+    launch_cli(2, ["train", write(tmp_path / "s.yaml", store_run(live, tmp_path / "store", tmp_path / "from"))])
     a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
     for name, w in a.items():
         torch.testing.assert_close(b[name], w, rtol=0, atol=1e-5)

@@ -116,8 +116,9 @@ class TrainingLoop:
             if hf is not None:
                 hf.on_save(path)
         evaluate = s.plan.is_callback_step(step) or (hf is not None and hf.should_evaluate)
-        if callback is not None and not stop and evaluate:
-            logger.info("running callback at step %d", step)
+        if callback is not None and evaluate:  # also when stopping: the checkpoint is saved, the resumed run
+            # starts after this step, so this is the only time this step's evaluation can run
+            logger.info("running callback at step %d%s", step, " before stopping" if stop else "")
             with forked_rng():  # what the callback draws (an eval loader's seed, ...) leaves training's RNG alone
                 callback(model=self.model_S, step=step)
             self.model_S.train()
