@@ -1,9 +1,10 @@
 """``StopSignal``: stopping a run cleanly, from Ctrl-C, SIGTERM or :meth:`request_stop`.
 
 The first SIGINT (Ctrl-C) or SIGTERM (what ``docker stop``, systemd, Slurm and Kubernetes send) asks the loop to
-finish the current optimizer step, write a checkpoint (then run that step's evaluation if one is due) and return; a second SIGINT stops at once. Under DDP every
-rank must stop at the same step, so the loop agrees on the flag collectively after each step
-(:meth:`agreed`): one tiny all-reduce over a CPU (gloo) group, which never waits for the accelerator.
+finish the current optimizer step, write a checkpoint (then run that step's evaluation if one is due) and
+return; a second SIGINT stops at once. Under DDP every rank must stop at the same step, so the loop agrees on the
+flag collectively after each step (:meth:`agreed`): one tiny all-reduce over a CPU (gloo) group, which never
+waits for the accelerator.
 """
 from __future__ import annotations
 
