@@ -190,6 +190,9 @@ class Task:
     same_tokenizer = False  #: KD compares positions, so teacher and student must tokenise alike
     rows = "text"  #: how the loader reads a row: "text" (strings) or "words" (a list of words and one of tags)
     position_ids = False  #: batches carry position_ids from the padding mask (left padding then changes nothing)
+    #: the model's own loss is only the hard-label term and the adaptor takes its targets from the batch, so a run
+    #: without that term calls the student without ``labels`` (no cross-entropy over the vocabulary for nothing)
+    labels_only_for_hard_labels = False
 
     @property
     def name(self) -> str:
@@ -253,12 +256,17 @@ class Task:
         return self.adaptor(teacher, student, tokenizer, data)
 
     def configure(self, distiller: Any) -> None:
-        """Tell the distiller what the loss terms average over (``kd_denominator``, ``hard_label_denominator``)."""
+        """Tell the distiller what the loss terms average over (``kd_denominator``, ``hard_label_denominator``),
+        and (``labels_only_for_hard_labels``) that its student needs no ``labels`` when the hard-label weight is 0."""
         for attr in ("kd_denominator", "hard_label_denominator"):
             value = getattr(self, attr)
             if value not in DENOMINATORS:
                 raise ConfigError(f"task {self.name}: {attr} {value!r} is not one of {', '.join(DENOMINATORS)}")
             setattr(distiller, attr, value)
+        d = getattr(distiller, "d_config", None)
+        if (self.labels_only_for_hard_labels and d is not None and d.hard_label_weight == 0
+                and d.hard_label_weight_scheduler in (None, "none")):
+            distiller.labels_to_student = False
 
     # -- describing and evaluating -----------------------------------------------------------------------------
     def positions(self, data: Any) -> str:
@@ -296,6 +304,7 @@ class TokenClassification(Task):
 
     auto_class = "AutoModelForTokenClassification"
     metrics = ("entity_f1", "token_accuracy")
+    labels_only_for_hard_labels = True
     kd_denominator = "tokens"
     hard_label_denominator = "labelled_tokens"
     same_tokenizer = True
@@ -363,6 +372,7 @@ class CausalLM(Task):
 
     auto_class = "AutoModelForCausalLM"
     labelled = False
+    labels_only_for_hard_labels = True
     metrics = ("perplexity", "teacher_agreement")
     kd_denominator = "next_tokens"
     hard_label_denominator = "next_tokens"

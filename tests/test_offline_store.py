@@ -109,6 +109,37 @@ def test_sparse_loss_is_the_bucket_divergence_written_by_hand(kind):
     assert float(as_int) == float(got)
 
 
+def bucket_reference(kind: str, zs: torch.Tensor, zt: torch.Tensor, k: int, tau: float, **params) -> torch.Tensor:
+    """The bucket divergence by plain autograd (float64): ``Q`` sums the student's softmax over each bucket
+    (the tail as ``1 - sum`` of the top ids, fine in float64 at these sizes)."""
+    p, q = torch.softmax(zt / tau, -1), torch.softmax(zs / tau, -1)
+    top = p.argsort(-1, descending=True)[:, :k]
+    P, Q = p.gather(-1, top), q.gather(-1, top)
+    P, Q = torch.cat([P, 1 - P.sum(-1, keepdim=True)], -1), torch.cat([Q, 1 - Q.sum(-1, keepdim=True)], -1)
+    return dense_reference(kind, Q.log(), P.log(), 1.0, **params)
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+def test_sparse_loss_gradient_with_a_tail_bucket_is_the_bucket_divergences(kind):
+    """The hand-written backward (StudentBuckets) against autograd through the bucket formula, k < V, with a row
+    whose student puts almost nothing in the tail and a row whose teacher does."""
+    g = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(5, 11, generator=g, dtype=torch.float64), 2 * torch.randn(5, 11, generator=g,
+                                                                                   dtype=torch.float64)
+    zt[1, :3] += 12.0  # the teacher's tail holds almost nothing
+    zs[2, :] = -6.0
+    zs[2, zt[2].argsort(descending=True)[:3]] = 6.0  # the student's tail holds almost nothing
+    params = PARAMS.get(kind, {})
+    mine, ref = zs.clone().requires_grad_(), zs.clone().requires_grad_()
+    loss = sparse_kd_loss(kind, mine, teacher_of(zt, 3, 2.0), 2.0, temperature_squared=True, **params)
+    loss.backward()
+    (4.0 * bucket_reference(kind, ref, zt, 3, 2.0, **params)).backward()
+    assert float(loss.detach()) == pytest.approx(4.0 * float(bucket_reference(kind, zs, zt, 3, 2.0, **params)),
+                                                 rel=1e-6)
+    torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-6, atol=1e-9)
+    assert mine.grad.abs().sum() > 0
+
+
 def dense_reference(kind: str, zs: torch.Tensor, zt: torch.Tensor, tau: float, **params) -> torch.Tensor:
     """The full-vocabulary divergence, from its definition (float64, autograd for the gradient)."""
     p, q = torch.softmax(zt / tau, -1), torch.softmax(zs / tau, -1)

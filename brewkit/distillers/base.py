@@ -109,6 +109,9 @@ class AbstractDistiller(TrainingLoop):
         self.interrupted = False  # the last train() stopped early (signal or request_stop()), after a checkpoint
         self.stop_reason: str | None = None  # then why: 'SIGINT', 'SIGTERM', 'request_stop()', 'another process'
         self.student_forward: Callable = model_S  # the student, or its torch.compile / DDP wrapper
+        #: whether the student's forward gets the batch's ``labels`` (and computes its own loss); a task turns it
+        #: off when that loss is only an unused hard-label term (``Task.labels_only_for_hard_labels``)
+        self.labels_to_student = True
         self.recorded: Any = None  # is_caching_logits: the batches with their teacher results, made once
         self.teacher_store: TeacherStore | None = None  # teacher_cache: the per-example store of the last train()
         self._validated = False  # the first batch's adaptor / match checks have run
@@ -270,7 +273,10 @@ class AbstractDistiller(TrainingLoop):
 
     def student_results(self, batch_S: Any, args: dict, adaptor_S: Any = None, who: str = "adaptor_S") -> dict:
         adaptor_S = adaptor_S if adaptor_S is not None else self.adaptor_S
-        outputs = call_model(self.student_forward, batch_S, {**args, **self.model_kwargs(adaptor_S)})
+        model_batch = batch_S
+        if not self.labels_to_student and isinstance(batch_S, Mapping) and "labels" in batch_S:
+            model_batch = {k: v for k, v in batch_S.items() if k != "labels"}  # the adaptor still reads them
+        outputs = call_model(self.student_forward, model_batch, {**args, **self.model_kwargs(adaptor_S)})
         results = self.run_adaptor(adaptor_S, batch_S, outputs, who)
         if not self._validated:
             mask, found = results.get("inputs_mask"), find_mask(batch_S)

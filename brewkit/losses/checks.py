@@ -215,7 +215,7 @@ def counted_logits(logits_S: object, logits_T: object, temperature: object, mask
         return zS, zT, temperature_value(temperature, zS)
     rows = counted_row_indices(keep)
     n_classes = zS.shape[-1]
-    zS, zT = zS.reshape(-1, n_classes)[rows], zT.reshape(-1, n_classes)[rows]
+    zS, zT = zS.reshape(-1, n_classes).index_select(0, rows), zT.reshape(-1, n_classes).index_select(0, rows)
     tau = row_temperature(temperature, lead, rows, rows.numel(), zS)
     if isinstance(tau, torch.Tensor) and tau.dim() == 1:
         tau = tau.unsqueeze(-1)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..errors import CheckpointError, ConfigError
 from .checks import check_temperature_squared, mean_or_zero
@@ -149,18 +150,60 @@ def bucket_log_probs(logits_S: torch.Tensor, teacher: TopKTeacher,
     else:
         tau = float(temperature)
         same = tau == float(teacher.temperature)
-    log_q = F.log_softmax(logits_S.to(dtype) / tau, dim=-1)
     ids = teacher.ids.to(logits_S.device)
     log_p = teacher.logp.to(logits_S.device, dtype)
     if not same:  # only for a full-vocabulary store (check_temperature): re-tempering is then exact
         log_p = F.log_softmax(log_p * (teacher.temperature / tau), dim=-1)
-    log_q_top = log_q.gather(-1, ids)
+    log_q = StudentBuckets.apply(logits_S, ids, tau, not teacher.full)
     if teacher.full:
-        return log_q_top, log_p
-    rest = log_q.scatter(-1, ids, float("-inf"))
-    log_q_tail = torch.logsumexp(rest, dim=-1, keepdim=True)  # the complement of k < V ids is never empty
+        return log_q, log_p
     log_p_tail = teacher.log_tail.to(logits_S.device, dtype).reshape(-1, 1)
-    return torch.cat([log_q_top, log_q_tail], -1), torch.cat([log_p, log_p_tail], -1)
+    return log_q, torch.cat([log_p, log_p_tail], -1)
+
+
+class StudentBuckets(torch.autograd.Function):
+    """``log Q``: the student's bucket log-probabilities ``(M, k)``, plus the tail column ``(M, k + 1)`` with
+    ``with_tail``, from ``(M, V)`` logits, with one hand-written backward pass.
+
+    Forward: ``log q = log_softmax(z / T)`` (float32, or float64 for float64 logits), ``log Q_i = log q(S_i)``
+    and ``log Q_tail = logsumexp`` of the other ids' ``log q`` (stable: no ``1 - sum`` cancellation). Backward
+    takes ``q`` from the saved ``log q`` (the one ``(M, V)`` tensor kept) and, with ``w_j = dL/dlog Q_j`` (the
+    small ``(M, k + 1)`` gradient),
+    gives ``dL/dz_c = (w_{b(c)} q_c / Q_{b(c)} - q_c sum_j w_j) / T`` where ``b(c)`` is ``c``'s bucket
+    (``q_c / Q_c = 1`` for the top-k ids, ``exp(log q_c - log Q_tail)`` in the tail). Plain autograd through
+    ``log_softmax``, ``gather``, ``scatter`` and ``logsumexp`` kept several ``(M, V)`` tensors and ran a
+    backward pass for each.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, tau: float | torch.Tensor,
+                with_tail: bool) -> torch.Tensor:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        log_q = F.log_softmax(logits.to(dtype) / tau, dim=-1)
+        out = log_q.gather(-1, ids)
+        if with_tail:  # the complement of k < V ids is never empty
+            out = torch.cat([out, torch.logsumexp(log_q.scatter(-1, ids, float("-inf")), -1, keepdim=True)], -1)
+        saved_tau = tau if isinstance(tau, torch.Tensor) else torch.tensor(float(tau), dtype=dtype)
+        ctx.save_for_backward(log_q, ids, out, saved_tau)
+        ctx.logits_dtype = logits.dtype
+        ctx.with_tail = with_tail
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, w: torch.Tensor):
+        log_q, ids, log_Q, tau = ctx.saved_tensors
+        k = ids.shape[-1]
+        total = w.sum(-1, keepdim=True)
+        if ctx.with_tail:
+            grad = (log_q - log_Q[:, k:]).exp_().mul_(w[:, k:])  # w_tail q_c / Q_tail
+        else:  # k = V: every id is a top-k bucket, all set below
+            grad = torch.zeros_like(log_q)
+        q = log_q.exp()
+        grad.addcmul_(q, total, value=-1)
+        grad.scatter_(-1, ids, w[:, :k] - q.gather(-1, ids) * total)
+        grad.div_(tau)
+        return grad.to(ctx.logits_dtype), None, None, None
 
 
 def sparse_kd_loss(kind: str, logits_S: torch.Tensor, teacher: TopKTeacher, temperature: float | torch.Tensor = 1.0,
