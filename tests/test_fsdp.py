@@ -85,10 +85,12 @@ def assert_same(a, b, atol=1e-5):
 @pytest.mark.parametrize("batch, accum, teachers", [(4, 1, "shard"), (2, 2, "shard"), (2, 2, "replicate")])
 def test_fsdp_student_equals_the_single_process_and_ddp_students(tmp_path, batch, accum, teachers):
     single = _launch(tmp_path, "single", 1, 8, 1, parallel="ddp")
-    ddp = _launch(tmp_path, "ddp", 2, batch, accum, parallel="ddp")
     sharded = _launch(tmp_path, "fsdp", 2, batch, accum, shard_teachers=teachers)
-    assert_same(single, ddp)
     assert_same(single, sharded)
+    if teachers == "replicate":  # the same layout as (2, 2, "shard"), which checks DDP and that training moved
+        return
+    ddp = _launch(tmp_path, "ddp", 2, batch, accum, parallel="ddp")
+    assert_same(single, ddp)
     after_one = _launch(tmp_path, "one_step", 2, batch, accum, stop_at=1)
     assert max(float((w - s).abs().max()) for w, s in zip(sharded, after_one)) > 1e-3  # the steps after the
     # first moved the weights: the comparison is not between copies that hardly trained

@@ -253,7 +253,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143_with_the_resume_line(assets, t
 @pytest.mark.slow
 def test_sigkill_loop_with_evaluation_resumes_to_the_uninterrupted_weights(assets, tmp_path):
     """The README's layout (an eval split, evaluation every 2 steps, a checkpoint every 3, BERT's dropout): killed
-    with SIGKILL three times at arbitrary points and resumed each time, the run ends with exactly the weights of
+    with SIGKILL twice at arbitrary points and resumed each time, the run ends with exactly the weights of
     the run that was never interrupted, and every step and evaluation is logged once."""
     def make(name):
         out = tmp_path / name
@@ -267,7 +267,7 @@ def test_sigkill_loop_with_evaluation_resumes_to_the_uninterrupted_weights(asset
     proc = start(ref_file, tmp_path)
     assert proc.wait(timeout=300) == 0, proc.communicate()
     run_file, out = make("killed")
-    for kill_after in (2, 6, 9):
+    for kill_after in (2, 8):  # before and after a checkpoint-with-evaluation; the FSDP test kills a run too
         proc = start(run_file, tmp_path, "--set", "training.resume_from_checkpoint=true")
         wait_for_steps(proc, out / "metrics.jsonl", kill_after)
         proc.kill()
