@@ -45,10 +45,14 @@ def save_plot(run_dir: str) -> str | None:
 def stage(name: str, overrides: list[str], prefix: str = "demo") -> dict:
     """Train ``configs/{prefix}_{name}.yaml`` with ``overrides``: its summary, ``wall_seconds`` and ``plot``."""
     from brewkit import run, runfile
+    from brewkit.errors import BrewkitError
 
-    cfg = runfile.load_run(os.path.join(CONFIGS, f"{prefix}_{name}.yaml"), overrides)
     t0 = time.perf_counter()
-    summary = run.train_run(cfg)
+    try:  # one line, as the command line gives it (e.g. an earlier run's checkpoints in the output directory)
+        cfg = runfile.load_run(os.path.join(CONFIGS, f"{prefix}_{name}.yaml"), overrides)
+        summary = run.train_run(cfg)
+    except BrewkitError as e:
+        sys.exit(f"demo stage {name!r}: {e}")
     if summary.get("interrupted"):
         sys.exit(f"demo stage {name!r} interrupted at step {summary['steps']}; checkpoint in {summary['checkpoint']}")
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
