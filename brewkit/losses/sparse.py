@@ -195,13 +195,11 @@ class StudentBuckets(torch.autograd.Function):
         log_q, ids, log_Q, tau = ctx.saved_tensors
         k = ids.shape[-1]
         total = w.sum(-1, keepdim=True)
-        if ctx.with_tail:
-            grad = (log_q - log_Q[:, k:]).exp_().mul_(w[:, k:])  # w_tail q_c / Q_tail
-        else:  # k = V: every id is a top-k bucket, all set below
-            grad = torch.zeros_like(log_q)
-        q = log_q.exp()
-        grad.addcmul_(q, total, value=-1)
-        grad.scatter_(-1, ids, w[:, :k] - q.gather(-1, ids) * total)
+        if ctx.with_tail:  # the tail ids: w_tail q_c / Q_tail - q_c sum_j w_j
+            grad = (log_q - log_Q[:, k:]).exp_().mul_(w[:, k:]).addcmul_(log_q.exp(), total, value=-1)
+        else:  # k = V: every id is a top-k bucket, all set by the scatter below
+            grad = torch.empty_like(log_q)
+        grad.scatter_(-1, ids, w[:, :k] - log_q.gather(-1, ids).exp() * total)  # the top ids: w_i - q_i sum_j w_j
         grad.div_(tau)
         return grad.to(ctx.logits_dtype), None, None, None
 
