@@ -365,8 +365,8 @@ def human_bytes(n: float) -> str:
 # -- training from a store -----------------------------------------------------------------------------------
 def check_distillation(dc: Any, manifest: Mapping, prefix: str = "distillation.") -> None:
     """What a run from a store cannot compute is a ConfigError at the ``distillation`` field: intermediate
-    matches (no features are stored), the per-example caches (the teacher is read from a store already), the
-    fused form (it takes the student's hidden states with a dense teacher), and for a top-k store a KD loss
+    matches (no features are stored), the per-example caches (the teacher is read from a store already), and
+    for a top-k store a KD loss
     without a sparse form, ``probability_shift``, a temperature scheduler, ``softcap``, or a temperature the
     store cannot represent (:func:`brewkit.losses.sparse.check_temperature`). A classification store holds
     the full logits: every KD loss and temperature works from it."""
@@ -383,10 +383,6 @@ def check_distillation(dc: Any, manifest: Mapping, prefix: str = "distillation."
         field = "is_caching_logits" if dc.is_caching_logits else "teacher_cache"
         raise ConfigError("the teacher is already read from a captured store: there is nothing to cache; remove it",
                           f"{prefix}{field}")
-    if getattr(dc, "kd_implementation", "plain") == "fused":
-        raise ConfigError("the fused form takes the teacher's dense logits or hidden states; a run from a teacher "
-                          "store computes the sparse loss from the student's logits: set kd_implementation: plain",
-                          f"{prefix}kd_implementation")
     if manifest["kind"] != "topk":
         return
     sparse_form(KD_LOSS_MAP.meta(dc.kd_loss_type).get("kind"), dc.kd_loss_type, f"{prefix}kd_loss_type")

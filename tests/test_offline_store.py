@@ -28,7 +28,14 @@ from task_helpers import GPT2, VOCAB, lm_assets, lm_run
 from brewkit.build import build
 from brewkit.cli import main
 from brewkit.errors import CheckpointError, ConfigError
-from brewkit.losses.sparse import SPARSE_KINDS, TopKTeacher, sparse_form, sparse_kd_loss, topk_log_probs
+from brewkit.losses.sparse import (
+    SPARSE_KINDS,
+    TopKTeacher,
+    fused_linear_sparse_kd_loss,
+    sparse_form,
+    sparse_kd_loss,
+    topk_log_probs,
+)
 from brewkit.runfile import load_run
 from brewkit.teacher_store import CapturedTeacherStore, read_manifest
 
@@ -181,6 +188,97 @@ def test_sparse_equals_dense_at_full_k_values_and_gradients(kind, capture_tau, t
     torch.testing.assert_close(gs, gd, rtol=0, atol=1e-5)
 
 
+def lm_head_case(seed: int, B: int = 3, L: int = 5, D: int = 4, V: int = 11):
+    """float64 hidden states ``(B, L, D)``, an LM head ``(V, D)`` + bias, a mask with uncounted positions, and
+    teacher logits for the counted positions, with rows whose teacher or student tail holds almost nothing."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    w = torch.randn(V, D, generator=g, dtype=torch.float64)
+    b = torch.randn(V, generator=g, dtype=torch.float64)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    mask[2, 0] = False
+    zt = 2 * torch.randn(int(mask.sum()), V, generator=g, dtype=torch.float64)
+    zt[1, :3] += 12.0  # the teacher's tail holds almost nothing
+    h[0, 1] *= 8.0  # a peaked student row
+    return h, w, b, mask, zt
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+def test_fused_and_masked_sparse_forms_equal_the_bucket_divergence_and_its_gradients(kind):
+    """From hidden states + LM head (fused), and from (B, L, V) logits with the mask, in chunks of 2 rows: the
+    value and the gradients of h, W and b are autograd's through the bucket formula on logits[mask]."""
+    params = PARAMS.get(kind, {})
+    h, w, b, mask, zt = lm_head_case(5)
+    teacher = teacher_of(zt, 3, 2.0)
+    ref_in = [x.clone().requires_grad_() for x in (h, w, b)]
+    ref = 4.0 * bucket_reference(kind, torch.nn.functional.linear(*ref_in)[mask], zt, 3, 2.0, **params)
+    want = torch.autograd.grad(ref, ref_in)
+    fused_in = [x.clone().requires_grad_() for x in (h, w, b)]
+    fused = fused_linear_sparse_kd_loss(kind, fused_in[0], fused_in[1], teacher, fused_in[2], 2.0, mask=mask,
+                                        temperature_squared=True, chunk_size=2, **params)
+    masked_in = [x.clone().requires_grad_() for x in (h, w, b)]
+    masked = sparse_kd_loss(kind, torch.nn.functional.linear(*masked_in), teacher, 2.0, mask=mask,
+                            temperature_squared=True, chunk_size=2, **params)
+    for loss, inputs in ((fused, fused_in), (masked, masked_in)):
+        assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+        for got, expected in zip(torch.autograd.grad(loss, inputs), want):  # the reference's 1 - sum tail
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)  # loses ~1e-8 on the peaked row
+    assert want[0][~mask].abs().sum() == 0  # the uncounted positions get no gradient
+
+
+@pytest.mark.parametrize("kind", ["kl", "jsd", "tvd"])
+def test_fused_sparse_at_full_k_with_per_row_temperatures_is_the_dense_divergence(kind):
+    """k = V: the fused form re-tempers the store exactly, one temperature per counted row."""
+    params = PARAMS.get(kind, {})
+    h, w, b, mask, zt = lm_head_case(6)
+    tau = torch.linspace(0.5, 3.0, int(mask.sum()), dtype=torch.float64)
+    inputs = [x.clone().requires_grad_() for x in (h, w, b)]
+    got = fused_linear_sparse_kd_loss(kind, inputs[0], inputs[1], teacher_of(zt, 11, 1.0), inputs[2], tau,
+                                      mask=mask, chunk_size=3, **params)
+    ref_in = [x.clone().requires_grad_() for x in (h, w, b)]
+    want = dense_reference(kind, torch.nn.functional.linear(*ref_in)[mask], zt, tau.unsqueeze(-1), **params)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
+    for a, e in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, ref_in)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-6)
+
+
+def test_the_sparse_gradient_follows_the_upstream_scale_and_is_handed_over_once():
+    h, w, b, mask, zt = lm_head_case(7)
+    z1, z2 = (torch.nn.functional.linear(h, w, b).requires_grad_() for _ in range(2))
+    teacher = teacher_of(zt, 3, 1.0)
+    sparse_kd_loss("kl", z1, teacher, 1.0, mask=mask).backward()
+    loss = sparse_kd_loss("kl", z2, teacher, 1.0, mask=mask)
+    (0.25 * loss).backward(retain_graph=True)
+    torch.testing.assert_close(z2.grad, 0.25 * z1.grad, rtol=1e-12, atol=0)
+    with pytest.raises(RuntimeError, match="once"):
+        loss.backward()
+    with torch.no_grad():
+        value = sparse_kd_loss("kl", z1, teacher, 1.0, mask=mask)
+    assert not value.requires_grad and float(value) == pytest.approx(float(loss.detach()), rel=1e-12)
+
+
+def test_bad_inputs_of_the_sparse_forms_name_the_argument():
+    h, w, b, mask, zt = lm_head_case(8)
+    teacher = teacher_of(zt, 3, 1.0)
+    z = torch.nn.functional.linear(h, w, b)
+    cases = [
+        (lambda: sparse_kd_loss("kl", z, teacher), "logits_S", "mask"),
+        (lambda: sparse_kd_loss("kl", z, teacher, mask=mask[:, :2]), "mask", "leading shape"),
+        (lambda: sparse_kd_loss("kl", z, teacher, mask=mask, chunk_size=0), "chunk_size", "positive"),
+        (lambda: fused_linear_sparse_kd_loss("kl", h, w, teacher), "mask", "mask"),
+        (lambda: fused_linear_sparse_kd_loss("kl", h, w[:, :2], teacher, mask=mask), "weight_S", "(V, D)"),
+        (lambda: fused_linear_sparse_kd_loss("kl", h, w, teacher, b[:4], mask=mask), "bias_S", "one value"),
+        (lambda: fused_linear_sparse_kd_loss("kl", h, w.float(), teacher, mask=mask), "weight_S", "dtype"),
+        (lambda: fused_linear_sparse_kd_loss("kl", h, w, teacher_of(zt, 11, 1.0), mask=mask,
+                                             temperature=torch.ones(3)), "temperature", "one value per"),
+    ]
+    for call, path, words in cases:
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert e.value.path == path and words in str(e.value), (path, str(e.value))
+
+
 def test_sparse_loss_float32_store_equals_dense_float32_at_full_k():
     g = torch.Generator().manual_seed(3)
     zs, zt = torch.randn(20, 50, generator=g), 2 * torch.randn(20, 50, generator=g)
@@ -255,6 +353,12 @@ def final_weights(out) -> dict:
     return load_file(os.path.join(out, "final", "model.safetensors"))
 
 
+def kd_losses(out) -> list[float]:
+    """The logged ``unweighted_kd_loss`` of every logged step of the run in ``out``."""
+    return [r["unweighted_kd_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "unweighted_kd_loss" in r]
+
+
 def test_training_from_a_full_vocabulary_store_equals_live_teacher_training(lm, tmp_path):
     """k = vocabulary, float32 store: the student trained from the store (no teacher model built) is the one
     the live teacher gives, to float32 rounding; the KD term per step agrees too."""
@@ -273,11 +377,7 @@ def test_training_from_a_full_vocabulary_store_equals_live_teacher_training(lm, 
     for name, w in a.items():
         torch.testing.assert_close(b[name], w, rtol=0, atol=1e-5)
 
-    def kd(out):
-        return [r["unweighted_kd_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                if "unweighted_kd_loss" in r]
-
-    assert kd(tmp_path / "from") == pytest.approx(kd(tmp_path / "live"), rel=1e-5)
+    assert kd_losses(tmp_path / "from") == pytest.approx(kd_losses(tmp_path / "live"), rel=1e-5)
 
 
 def test_store_layout_manifest_and_bytes_per_position(lm, tmp_path):
@@ -344,6 +444,26 @@ def test_a_top_k_store_trains_a_student_whose_kd_term_is_the_sparse_one(lm, tmp_
         zt = b_live.teacher(**inputs).logits[mask].double()
         zs = b.student(**inputs).logits[mask].double()
     assert float(terms["unweighted_kd_loss"]) == pytest.approx(hand_bucket_loss("kl", zs, zt, 8, 2.0) * 4, rel=1e-4)
+
+
+def test_a_store_run_in_the_fused_form_trains_the_plain_forms_student(lm, tmp_path):
+    """kd_implementation fused (from the student's hidden states and LM head) and plain (from its logits) give
+    the same student from a k = 8 store, with hard labels beside the KD term."""
+    run = lm_sgd_run(lm, tmp_path / "o")
+    run["distillation"]["hard_label_weight"] = 0.5
+    capture_cli(write(tmp_path / "r.yaml", run), tmp_path / "store", "--k", "8", "--dtype", "float32")
+    outs = {}
+    for form in ("plain", "fused"):
+        srun = store_run(run, tmp_path / "store", tmp_path / form)
+        srun["distillation"]["kd_implementation"] = form
+        code, _, err = cli("train", write(tmp_path / f"{form}.yaml", srun))
+        assert code == 0, err
+        outs[form] = final_weights(tmp_path / form)
+    for name, w in outs["plain"].items():
+        torch.testing.assert_close(outs["fused"][name], w, rtol=0, atol=1e-5)
+
+    assert len(kd_losses(tmp_path / "plain")) == 4 and min(kd_losses(tmp_path / "plain")) > 0
+    assert kd_losses(tmp_path / "fused") == pytest.approx(kd_losses(tmp_path / "plain"), rel=1e-5)
 
 
 # -- fingerprint refusals --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..engine.stop import StopSignal
 from ..errors import AdaptorError, ConfigError
 from ..logging_utils import ensure_default_handler, logger
 from ..losses.divergences import kd_loss_implementation
-from ..losses.sparse import TopKTeacher, sparse_form, sparse_kd_loss
+from ..losses.sparse import TopKTeacher, fused_linear_sparse_kd_loss, sparse_form, sparse_kd_loss
 from ..presets import ADAPTOR_KEYS, FEATURES, KD_LOSS_MAP
 from ..teacher_store import CapturedTeacherStore, TeacherStore, open_store
 from ..teacher_store import fingerprint as store_fingerprint
@@ -375,8 +375,10 @@ class AbstractDistiller(TrainingLoop):
         denominators = ["rows" if z.dim() == 2 else self.kd_denominator if mask_S else "positions" for z in logits_S]
         labels = results_S.get("labels")
         total, tau = 0.0, d.temperature
-        if mask_S:
-            logits_S = select_logits_with_mask(logits_S, mask_S)
+        if mask_S and len(mask_S) not in (1, len(logits_S)):
+            raise AdaptorError(f"got {len(logits_S)} logits tensors but {len(mask_S)} logits_mask tensors; give "
+                               "one mask per logits tensor or a single mask for all")
+        masks_S = [mask_S[k if len(mask_S) > k else 0] if mask_S else None for k in range(len(logits_S))]
         if mask_T:
             logits_T = select_logits_with_mask(logits_T, mask_T)
         pairs = list(enumerate(zip(logits_S, logits_T)))
@@ -384,16 +386,19 @@ class AbstractDistiller(TrainingLoop):
             pairs = pairs[-1:]  # TextBrewer 0.2.1 overwrote the sum in its loop: only the last pair counted
         for k, (zs, zt) in pairs:
             if isinstance(zt, TopKTeacher):  # from a captured top-k store: the sparse form of the loss
-                total = total + self.sparse_kd(zs, zt) * scale_of(micro, denominators[k])
+                total = total + self.sparse_kd(zs, zt, results_S, masks_S[k]) * scale_of(micro, denominators[k])
                 tau = d.temperature
                 continue
+            fused = self.kd_implementation == "fused"
+            if masks_S[k] is not None and (not fused or self.temperature_scheduler):
+                zs = select_logits_with_mask([zs], [masks_S[k]])[0]  # the fused form reads no student logits
             if d.probability_shift:
                 if not labels:
                     raise AdaptorError("probability_shift needs 'labels' from adaptor_S")
                 zt = probability_shift_(zt.clone(), labels[k] if len(labels) > k else labels[0])
             tau = self.temperature_scheduler(zs, zt, d.temperature) if self.temperature_scheduler else d.temperature
-            if self.kd_implementation == "fused":
-                loss = self.fused_kd(results_S, zt, tau, mask_S[k if len(mask_S) > k else 0] if mask_S else None)
+            if fused:
+                loss = self.fused_kd(results_S, zt, tau, masks_S[k])
             elif d.kd_temperature_squared and self._kd_takes_t2:
                 loss = self.kd_loss(zs, zt, tau, temperature_squared=True, **self.kd_loss_args)
             elif d.kd_temperature_squared:
@@ -407,13 +412,22 @@ class AbstractDistiller(TrainingLoop):
             total = total + loss * scale_of(micro, denominators[k])
         return total, tau
 
-    def sparse_kd(self, logits_S: torch.Tensor, teacher: TopKTeacher) -> torch.Tensor:
-        """KD of ``(M, V)`` student logits against a top-k store's positions
-        (:func:`brewkit.losses.sparse.sparse_kd_loss` of ``kd_loss_type``'s divergence, at ``temperature``)."""
+    def sparse_kd(self, logits_S: torch.Tensor, teacher: TopKTeacher, results_S: dict,
+                  mask_S: torch.Tensor | None) -> torch.Tensor:
+        """KD of the student's counted positions (``logits_S`` ``(B, L, V)`` with ``mask_S``, or ``(M, V)``)
+        against a top-k store's: :func:`brewkit.losses.sparse.sparse_kd_loss` of ``kd_loss_type``'s divergence
+        at ``temperature``, or with ``kd_implementation='fused'``
+        :func:`~brewkit.losses.sparse.fused_linear_sparse_kd_loss` from the last hidden states and the output
+        layer (the student's logits are not read)."""
         d = self.d_config
         kind = sparse_form(KD_LOSS_MAP.meta(d.kd_loss_type).get("kind"), d.kd_loss_type)
-        return sparse_kd_loss(kind, logits_S, teacher.to(logits_S.device, non_blocking=True), d.temperature,
-                              temperature_squared=bool(d.kd_temperature_squared), **self.kd_loss_args)
+        options = dict(temperature_squared=bool(d.kd_temperature_squared), **self.kd_loss_args)
+        mask = mask_S if logits_S.dim() > 2 else None
+        if self.kd_implementation != "fused":
+            return sparse_kd_loss(kind, logits_S, teacher, d.temperature, mask=mask, **options)
+        head = self.student_output_layer()
+        return fused_linear_sparse_kd_loss(kind, self.last_hidden(results_S), head.weight, teacher, head.bias,
+                                           d.temperature, mask=mask, **options)
 
     def fused_kd(self, results_S: dict, logits_T: torch.Tensor, tau: Any, mask_S: torch.Tensor | None
                  ) -> torch.Tensor:
@@ -421,16 +435,21 @@ class AbstractDistiller(TrainingLoop):
         (``get_output_embeddings()``), so that its ``(N, V)`` logits never exist; the teacher's (selected) logits
         as they are. The rows are the student's ``logits_mask`` positions, as in the plain form."""
         d = self.d_config
-        hidden = results_S.get("hidden")
-        if not hidden:
-            raise AdaptorError("kd_implementation='fused' needs the student's hidden states ('hidden'); leave "
-                               "adaptor_S out for Hugging Face models or return them")
-        h = hidden[-1]
+        h = self.last_hidden(results_S)
         if mask_S is not None and h.dim() == 3:
             h = h[mask_S.to(h.device).bool()]
         head = self.student_output_layer()
         return self.kd_loss(h, head.weight, logits_T, bias_S=head.bias, temperature=tau,
                             temperature_squared=d.kd_temperature_squared, **self.kd_loss_args)
+
+    @staticmethod
+    def last_hidden(results_S: dict) -> torch.Tensor:
+        """The student's last hidden states (what the fused forms multiply by the output layer)."""
+        hidden = results_S.get("hidden")
+        if not hidden:
+            raise AdaptorError("kd_implementation='fused' needs the student's hidden states ('hidden'); leave "
+                               "adaptor_S out for Hugging Face models or return them")
+        return hidden[-1]
 
     def student_output_layer(self) -> nn.Module:
         """The student's output layer (Hugging Face ``get_output_embeddings()``) for the fused KD form."""

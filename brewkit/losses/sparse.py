@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..errors import CheckpointError, ConfigError
-from .checks import check_temperature_squared, mean_or_zero
+from .checks import check_temperature_squared, check_tensor, counted_row_indices
 from .divergences import divergence_per_row, resolve_params
+from .vocab import LogitsSide, autocast_inputs, check_bias, check_matmul_dtypes, flat_rows, row_chunks
 
 #: The divergence kinds that have a sparse (top-k + tail) form; see the module docstring for the others.
 SPARSE_KINDS = ("ce", "kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
@@ -123,108 +124,249 @@ def check_temperature(temperature: object, capture_temperature: float, full: boo
                       "vocabulary, which any temperature can re-temper)", path)
 
 
-def bucket_log_probs(logits_S: torch.Tensor, teacher: TopKTeacher,
-                     temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log Q, log P)``, each ``(M, k + 1)`` (``(M, k)`` when ``teacher.full``): the bucket log-probabilities
-    of the module docstring, in float32 (float64 for float64 student logits).
+#: Default chunks: about this many elements in a chunk's ``(rows, V)`` float32 working tensor: 8 MiB from
+#: logits (the chunk's passes run from cache), 32 MiB in the fused form (its matmuls run faster on taller chunks;
+#: measured on the causal-LM demo's student, scripts/bench_offline.py --step-only).
+SPARSE_CHUNK_ELEMENTS = 1 << 21
+SPARSE_FUSED_CHUNK_ELEMENTS = 1 << 23
 
-    ``logits_S``: ``(M, V)`` the student's logits at the counted positions. ``temperature``: the training
-    temperature ``T`` (a number, or ``(M,)`` / ``(M, 1)`` per row for a full-vocabulary store).
+
+@dataclass
+class SparseOptions:
+    """What :class:`SparseKD` needs besides tensors: the divergence, its parameters, ``T^2``, whether the
+    store holds the full vocabulary, rows per chunk, the counted rows, the compute dtype, whether to compute
+    gradients."""
+
+    kind: str
+    params: dict
+    t2: bool
+    full: bool
+    capture_tau: float
+    chunk: int
+    n_rows: int
+    dtype: torch.dtype
+    want_grad: bool
+
+
+def bucket_chunk(z: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, log_tail: torch.Tensor,
+                 tau: float | torch.Tensor, opts: SparseOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk's ``(sum of row losses, d sum / d z or None)``.
+
+    ``z``: ``(c, V)`` student logits in the compute dtype, outside autograd; ``ids`` / ``logp``: ``(c, k)``;
+    ``log_tail``: ``(c,)``; ``tau``: a number or ``(c, 1)``. The student's buckets come from one
+    ``log_softmax`` buffer, reused in place: ``log Q_i = log q(S_i)``; the top ids are set to ``-inf`` and
+    ``log Q_tail = m + log sum_c exp(log q_c - m)`` with ``m`` the largest tail ``log q`` (exact: no
+    ``1 - sum`` cancellation, no underflow). The row losses are the kind's formula on the small ``(c, k + 1)``
+    bucket tensors, differentiated by autograd into ``w = dL / d log Q``; then, from the same buffer,
+    ``dL/dz_c = (w_tail q_c / Q_tail - q_c sum_j w_j) / T`` on the tail and ``(w_i - q_i sum_j w_j) / T`` on
+    the top ids (``q_c / Q_tail = exp(log q_c - m) / sum``).
     """
-    if logits_S.dim() != 2:
-        raise ConfigError(f"must be (M, V) logits of the counted positions, got shape {tuple(logits_S.shape)}",
-                          "logits_S")
-    M, V = logits_S.shape
-    if teacher.ids.shape[0] != M:
-        raise CheckpointError(f"the student has {M} counted positions in this batch but the teacher store gave "
-                              f"{teacher.ids.shape[0]}; the positions counted changed since the capture (data, "
-                              "task or settings): capture again")
-    if V != teacher.vocab:
-        raise ConfigError(f"the student's logits have {V} classes but the teacher store's distribution is over "
-                          f"{teacher.vocab}; give the student the teacher's vocabulary size", "logits_S")
-    check_temperature(temperature, teacher.temperature, teacher.full)
-    dtype = torch.float64 if logits_S.dtype == torch.float64 else torch.float32
-    if isinstance(temperature, torch.Tensor) and temperature.numel() > 1:
-        tau = temperature.to(logits_S.device, dtype).reshape(-1, 1)
-        same = False
+    tau_is_one = not isinstance(tau, torch.Tensor) and tau == 1
+    log_q = F.log_softmax(z if tau_is_one else z / tau, dim=-1)
+    top = log_q.gather(-1, ids)
+    log_p = logp.to(log_q.dtype)
+    if opts.full:
+        log_Q = top
+        if not isinstance(tau, torch.Tensor) and tau == opts.capture_tau:
+            log_P = log_p
+        else:  # re-tempering a full-vocabulary store is exact (module docstring)
+            log_P = F.log_softmax(log_p * (opts.capture_tau / tau), dim=-1)
     else:
-        tau = float(temperature)
-        same = tau == float(teacher.temperature)
-    ids = teacher.ids.to(logits_S.device)
-    log_p = teacher.logp.to(logits_S.device, dtype)
-    if not same:  # only for a full-vocabulary store (check_temperature): re-tempering is then exact
-        log_p = F.log_softmax(log_p * (teacher.temperature / tau), dim=-1)
-    log_q = StudentBuckets.apply(logits_S, ids, tau, not teacher.full)
-    if teacher.full:
-        return log_q, log_p
-    log_p_tail = teacher.log_tail.to(logits_S.device, dtype).reshape(-1, 1)
-    return log_q, torch.cat([log_p, log_p_tail], -1)
+        tail = log_q.scatter_(-1, ids, float("-inf"))
+        m = tail.amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a tail of -inf logits only: mass 0
+        e = tail.sub_(m).exp_()  # exp(log q_c - m) on the tail, 0 on the top ids
+        s = e.sum(-1, keepdim=True)
+        log_Q = torch.cat([top, m + s.log()], -1)
+        log_P = torch.cat([log_p, log_tail.to(log_q.dtype).reshape(-1, 1)], -1)
+    with torch.enable_grad():
+        log_Q = log_Q.detach().requires_grad_(opts.want_grad)
+        if opts.kind == "ce":  # -sum P log Q: a bucket with P = 0 counts 0 (its log Q may be -inf)
+            p = log_P.exp()
+            per_row = -(p * torch.where(p > 0, log_Q, torch.zeros_like(log_Q))).sum(-1)
+        else:
+            per_row = divergence_per_row(opts.kind, log_Q, log_P, 1.0, **opts.params)
+        if opts.t2:
+            per_row = per_row * (tau.reshape(-1) if isinstance(tau, torch.Tensor) else tau) ** 2
+        loss = per_row.sum()
+        if not opts.want_grad:
+            return loss.detach(), None
+        (w,) = torch.autograd.grad(loss, [log_Q])
+    k = ids.shape[-1]
+    total = w.sum(-1, keepdim=True)
+    g_top = w[:, :k] - top.exp() * total
+    if opts.full:  # every id is a top id: the scatter sets the whole buffer
+        grad = log_q.scatter_(-1, ids, g_top)
+    else:
+        coef = torch.where(s > 0, w[:, k:] / s, torch.zeros_like(s)) - total * m.exp()
+        grad = e.mul_(coef).scatter_(-1, ids, g_top)
+    if not tau_is_one:
+        grad.div_(tau)
+    return loss.detach(), grad
 
 
-class StudentBuckets(torch.autograd.Function):
-    """``log Q``: the student's bucket log-probabilities ``(M, k)``, plus the tail column ``(M, k + 1)`` with
-    ``with_tail``, from ``(M, V)`` logits, with one hand-written backward pass.
+class SparseKD(torch.autograd.Function):
+    """``sum over counted rows of the bucket loss / M``, chunk by chunk, gradients computed in forward.
 
-    Forward: ``log q = log_softmax(z / T)`` (float32, or float64 for float64 logits), ``log Q_i = log q(S_i)``
-    and ``log Q_tail = logsumexp`` of the other ids' ``log q`` (stable: no ``1 - sum`` cancellation). Backward
-    takes ``q`` from the saved ``log q`` (the one ``(M, V)`` tensor kept) and, with ``w_j = dL/dlog Q_j`` (the
-    small ``(M, k + 1)`` gradient),
-    gives ``dL/dz_c = (w_{b(c)} q_c / Q_{b(c)} - q_c sum_j w_j) / T`` where ``b(c)`` is ``c``'s bucket
-    (``q_c / Q_c = 1`` for the top-k ids, ``exp(log q_c - log Q_tail)`` in the tail). Plain autograd through
-    ``log_softmax``, ``gather``, ``scatter`` and ``logsumexp`` kept several ``(M, V)`` tensors and ran a
-    backward pass for each.
+    Inputs: ``opts`` (:class:`SparseOptions`), ``rows`` (flat indices of the counted rows, or None: all),
+    ``tau`` (a number, or ``(M, 1)``), the store's ``ids``, ``logp``, ``log_tail`` (``M`` rows), then the
+    student as logits ``z`` ``(N, V)`` or as hidden states ``h`` ``(N, D)`` with output layer ``w`` ``(V, D)``
+    and ``b`` ``(V,)`` (:class:`~brewkit.losses.vocab.LogitsSide`). The bucket loss's gradient is closed-form
+    given ``w = dL/d log Q`` (:func:`bucket_chunk`), so each chunk's logits are made once, its gradient is
+    pushed into the inputs' gradient buffers at once (``h`` and the output layer's through the matmul, as
+    the fused dense form does in backward) and dropped; backward only scales the buffers.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, tau: float | torch.Tensor,
-                with_tail: bool) -> torch.Tensor:
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        log_q = F.log_softmax(logits.to(dtype) / tau, dim=-1)
-        out = log_q.gather(-1, ids)
-        if with_tail:  # the complement of k < V ids is never empty
-            out = torch.cat([out, torch.logsumexp(log_q.scatter(-1, ids, float("-inf")), -1, keepdim=True)], -1)
-        saved_tau = tau if isinstance(tau, torch.Tensor) else torch.tensor(float(tau), dtype=dtype)
-        ctx.save_for_backward(log_q, ids, out, saved_tau)
-        ctx.logits_dtype = logits.dtype
-        ctx.with_tail = with_tail
-        return out
+    def forward(ctx, opts: SparseOptions, rows, tau, ids, logp, log_tail, z, h, w, b):
+        side = LogitsSide(z, h, w, b)
+        needs = ctx.needs_input_grad[6:10]
+        grads = side.new_grads(needs, opts.dtype, rows is None) if opts.want_grad and any(needs) else None
+        total = torch.zeros((), dtype=opts.dtype, device=ids.device)
+        for start, end, sel in row_chunks(opts.n_rows, opts.chunk, rows):
+            tau_c = tau[start:end] if isinstance(tau, torch.Tensor) else tau
+            loss, g = bucket_chunk(side.logits(sel, opts.dtype), ids[start:end], logp[start:end],
+                                   log_tail[start:end], tau_c, opts)
+            total += loss
+            if grads is not None:
+                side.add_grad(grads, sel, g)
+            del g
+        ctx.grads = None if grads is None else LogitsSide.finish(grads, [z, h, w, b])
+        ctx.n_rows = opts.n_rows
+        return total / max(opts.n_rows, 1)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, w: torch.Tensor):
-        log_q, ids, log_Q, tau = ctx.saved_tensors
-        k = ids.shape[-1]
-        total = w.sum(-1, keepdim=True)
-        if ctx.with_tail:  # the tail ids: w_tail q_c / Q_tail - q_c sum_j w_j
-            grad = (log_q - log_Q[:, k:]).exp_().mul_(w[:, k:]).addcmul_(log_q.exp(), total, value=-1)
-        else:  # k = V: every id is a top-k bucket, all set by the scatter below
-            grad = torch.empty_like(log_q)
-        grad.scatter_(-1, ids, w[:, :k] - log_q.gather(-1, ids).exp() * total)  # the top ids: w_i - q_i sum_j w_j
-        grad.div_(tau)
-        return grad.to(ctx.logits_dtype), None, None, None
+    def backward(ctx, grad_out):
+        if ctx.grads is None:  # the buffers were scaled in place and handed over by the first backward
+            raise RuntimeError("the sparse KD loss's gradients are computed in its forward pass and handed over "
+                               "once: backpropagate through it once (recompute the loss for a second pass)")
+        scale = grad_out / max(ctx.n_rows, 1)
+        grads = [None if g is None else g.mul_(scale.to(g.dtype)) for g in ctx.grads]
+        ctx.grads = None
+        return (None,) * 6 + tuple(grads)
 
 
-def sparse_kd_loss(kind: str, logits_S: torch.Tensor, teacher: TopKTeacher, temperature: float | torch.Tensor = 1.0,
-                   *, temperature_squared: bool = False, **params: float) -> torch.Tensor:
-    """Mean over the ``M`` counted positions of divergence ``kind`` between the bucket distributions
-    (module docstring). ``logits_S``: ``(M, V)``; ``teacher``: a :class:`TopKTeacher` of ``M`` rows;
-    ``temperature``: the training temperature (see :func:`check_temperature`); ``temperature_squared``:
-    each row's loss times ``T^2``; ``params``: the kind's parameters (``beta``, ``alpha``). Returns a 0-d
-    tensor (0 when ``M = 0``)."""
+def check_store_rows(n_rows: int, teacher: TopKTeacher, n_classes: int, name: str) -> None:
+    """The student's counted rows and classes match the store's (else the error that says what changed)."""
+    if teacher.ids.shape[0] != n_rows:
+        raise CheckpointError(f"the student has {n_rows} counted positions in this batch but the teacher store "
+                              f"gave {teacher.ids.shape[0]}; the positions counted changed since the capture "
+                              "(data, task or settings): capture again")
+    if n_classes != teacher.vocab:
+        raise ConfigError(f"the student's logits have {n_classes} classes but the teacher store's distribution is "
+                          f"over {teacher.vocab}; give the student the teacher's vocabulary size", name)
+
+
+def sparse_setup(kind: str, teacher: TopKTeacher, temperature: float | torch.Tensor, temperature_squared: bool,
+                 params: dict, n_rows: int, n_classes: int, chunk_size: int | None, dtype: torch.dtype,
+                 want_grad: bool, device: torch.device, chunk_elements: int = SPARSE_CHUNK_ELEMENTS
+                 ) -> tuple[SparseOptions, float | torch.Tensor]:
+    """The checked options and tau (a number or ``(M, 1)``) of :func:`sparse_kd_loss` and
+    :func:`fused_linear_sparse_kd_loss`."""
     if kind not in SPARSE_KINDS:
         raise ConfigError(f"must be one of {', '.join(SPARSE_KINDS)}; got {kind!r}", "kind")
     params = resolve_params(kind, params)
     check_temperature_squared(temperature_squared)
-    log_q, log_p = bucket_log_probs(logits_S, teacher, temperature)
-    if kind == "ce":  # -sum P log Q: a bucket with P = 0 counts 0 (its log Q may be -inf)
-        p = log_p.exp()
-        per_row = -(p * torch.where(p > 0, log_q, torch.zeros_like(log_q))).sum(-1)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ConfigError(f"must be a positive integer (rows per chunk) or None (automatic), got {chunk_size!r}",
+                          "chunk_size")
+    check_temperature(temperature, teacher.temperature, teacher.full)
+    if isinstance(temperature, torch.Tensor) and temperature.numel() > 1:
+        tau: float | torch.Tensor = temperature.detach().to(device, dtype).reshape(-1, 1)
+        if tau.shape[0] != n_rows:
+            raise ConfigError(f"per-row temperatures must have one value per counted row ({n_rows}), got "
+                              f"{tau.shape[0]}", "temperature")
     else:
-        per_row = divergence_per_row(kind, log_q, log_p, 1.0, **params)
-    if temperature_squared:
-        tau = temperature.to(per_row).reshape(-1) if isinstance(temperature, torch.Tensor) else temperature
-        per_row = per_row * tau ** 2
-    return mean_or_zero(per_row)
+        tau = float(temperature)
+    chunk = chunk_size or max(1, chunk_elements // max(n_classes, 1))
+    return SparseOptions(kind, params, bool(temperature_squared), teacher.full, float(teacher.temperature), chunk,
+                         n_rows, dtype, want_grad), tau
+
+
+def store_rows(mask: torch.Tensor | None, lead: tuple[int, ...], device: torch.device
+               ) -> tuple[torch.Tensor | None, int]:
+    """``(rows, M)``: the flat indices of the positions ``mask`` marks (None: every row of ``lead``)."""
+    if mask is None:
+        return None, math.prod(lead)
+    if tuple(mask.shape) != tuple(lead):
+        raise ConfigError(f"must have the leading shape {tuple(lead)} of the student's rows, got "
+                          f"{tuple(mask.shape)}", "mask")
+    rows = counted_row_indices(mask.to(device).bool())
+    return rows, rows.numel()
+
+
+def sparse_kd_loss(kind: str, logits_S: torch.Tensor, teacher: TopKTeacher, temperature: float | torch.Tensor = 1.0,
+                   *, temperature_squared: bool = False, mask: torch.Tensor | None = None,
+                   chunk_size: int | None = None, **params: float) -> torch.Tensor:
+    """Mean over the ``M`` counted positions of divergence ``kind`` between the bucket distributions
+    (module docstring).
+
+    ``logits_S``: ``(M, V)`` the counted positions' logits, or ``(..., V)`` (e.g. ``(B, L, V)``) with ``mask``
+    of the leading shape marking the ``M`` counted positions (row-major, the order the store's rows are in; no
+    copy of the counted rows is made). ``teacher``: a :class:`TopKTeacher` of ``M`` rows. ``temperature``: the
+    training temperature (see :func:`check_temperature`; per row: ``(M,)``); ``temperature_squared``: each
+    row's loss times ``T^2``; ``params``: the kind's parameters (``beta``, ``alpha``); ``chunk_size``: rows
+    per chunk (default: about 2M elements). Computed in float32 (float64 for float64 logits) a chunk of rows
+    at a time, with the gradient of ``logits_S`` made in the same pass (:class:`SparseKD`). Returns a 0-d
+    tensor (0 when ``M = 0``)."""
+    check_tensor(logits_S, "logits_S")
+    if logits_S.dim() < 2:
+        raise ConfigError(f"must be (M, V) logits of the counted positions or (B, L, V) with a mask, got shape "
+                          f"{tuple(logits_S.shape)}", "logits_S")
+    if logits_S.dim() > 2 and mask is None:
+        raise ConfigError(f"(B, L, V) logits need the mask of the counted positions, got shape "
+                          f"{tuple(logits_S.shape)} and no mask", "logits_S")
+    lead, n_classes = tuple(logits_S.shape[:-1]), logits_S.shape[-1]
+    rows, n_rows = store_rows(mask, lead, logits_S.device)
+    check_store_rows(n_rows, teacher, n_classes, "logits_S")
+    dtype = torch.float64 if logits_S.dtype == torch.float64 else torch.float32
+    want = torch.is_grad_enabled() and logits_S.requires_grad
+    opts, tau = sparse_setup(kind, teacher, temperature, temperature_squared, params, n_rows, n_classes,
+                             chunk_size, dtype, want, logits_S.device)
+    t = teacher.to(logits_S.device, non_blocking=True)
+    with torch.autocast(logits_S.device.type, enabled=False):
+        return SparseKD.apply(opts, rows, tau, t.ids, t.logp, t.log_tail, logits_S.reshape(-1, n_classes),
+                              None, None, None)
+
+
+def fused_linear_sparse_kd_loss(kind: str, hidden_S: torch.Tensor, weight_S: torch.Tensor, teacher: TopKTeacher,
+                                bias_S: torch.Tensor | None = None, temperature: float | torch.Tensor = 1.0, *,
+                                temperature_squared: bool = False, mask: torch.Tensor | None = None,
+                                chunk_size: int | None = None, **params: float) -> torch.Tensor:
+    """:func:`sparse_kd_loss` of ``F.linear(hidden_S, weight_S, bias_S)`` without making those logits.
+
+    ``hidden_S``: ``(M, D)``, or ``(B, L, D)`` with ``mask`` ``(B, L)``; ``weight_S``: ``(V, D)`` (the LM
+    head); ``bias_S``: ``(V,)`` or None. Each chunk's logits are computed in the inputs' dtype (the autocast
+    dtype under autocast, as the model's head would), upcast to float32, used for the loss and its gradient
+    and dropped; the gradients of ``hidden_S``, ``weight_S`` and ``bias_S`` are accumulated chunk by chunk in
+    the same pass (weight and bias in float32), so no ``(M, V)`` tensor exists. Same value and gradients as
+    the logits form (tests)."""
+    for name, x in (("hidden_S", hidden_S), ("weight_S", weight_S)):
+        check_tensor(x, name)
+    if hidden_S.dim() < 2:
+        raise ConfigError(f"must be (M, D) or (B, L, D), got shape {tuple(hidden_S.shape)}", "hidden_S")
+    if hidden_S.dim() > 2 and mask is None:
+        raise ConfigError("(B, L, D) hidden states need the mask of the counted positions", "mask")
+    if weight_S.dim() != 2 or weight_S.shape[1] != hidden_S.shape[-1]:
+        raise ConfigError(f"must be (V, D) with D = hidden_S.shape[-1] = {hidden_S.shape[-1]}, got shape "
+                          f"{tuple(weight_S.shape)}", "weight_S")
+    lead, n_classes = tuple(hidden_S.shape[:-1]), weight_S.shape[0]
+    check_bias(bias_S, n_classes, "bias_S")
+    check_matmul_dtypes(hidden_S, weight_S, bias_S, "S")
+    rows, n_rows = store_rows(mask, lead, hidden_S.device)
+    check_store_rows(n_rows, teacher, n_classes, "weight_S")
+    device_type = hidden_S.device.type
+    hidden_S, weight_S, bias_S = autocast_inputs([hidden_S, weight_S, bias_S], device_type)
+    dtype = torch.float64 if hidden_S.dtype == torch.float64 else torch.float32
+    want = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden_S, weight_S, bias_S))
+    opts, tau = sparse_setup(kind, teacher, temperature, temperature_squared, params, n_rows, n_classes,
+                             chunk_size, dtype, want, hidden_S.device, SPARSE_FUSED_CHUNK_ELEMENTS)
+    t = teacher.to(hidden_S.device, non_blocking=True)
+    with torch.autocast(device_type, enabled=False):
+        return SparseKD.apply(opts, rows, tau, t.ids, t.logp, t.log_tail, None, flat_rows(hidden_S), weight_S,
+                              bias_S)
 
 
 def topk_log_probs(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor,

@@ -91,7 +91,7 @@ class _Options:
 
 
 # -- the shared autograd Function ----------------------------------------------------------------------------
-class _Side:
+class LogitsSide:
     """One model's logits for a chunk of rows: from a logits tensor ``z`` ``(N, C)``, or from hidden states
     ``h`` ``(N, D)`` times an output layer ``W`` ``(C, D)`` plus ``b`` ``(C,)``."""
 
@@ -135,7 +135,7 @@ class _Side:
         return [g if g is None or t is None else g.to(t.dtype) for g, t in zip(grads, like)]
 
 
-def _chunks(n_rows: int, chunk: int, rows: torch.Tensor | None):
+def row_chunks(n_rows: int, chunk: int, rows: torch.Tensor | None):
     """``(start, end, selector)`` over the counted rows: a slice of all rows, or a slice of ``rows``."""
     for start in range(0, n_rows, chunk):
         end = min(start + chunk, n_rows)
@@ -163,9 +163,9 @@ class _ChunkedKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, opts: _Options, rows, tau, zS, hS, wS, bS, zT, hT, wT, bT):
-        S, T = _Side(zS, hS, wS, bS), _Side(zT, hT, wT, bT)
+        S, T = LogitsSide(zS, hS, wS, bS), LogitsSide(zT, hT, wT, bT)
         total = torch.zeros((), dtype=opts.dtype, device=(zS if zS is not None else hS).device)
-        for start, end, sel in _chunks(opts.n_rows, opts.chunk, rows):
+        for start, end, sel in row_chunks(opts.n_rows, opts.chunk, rows):
             tau_c = _tau_chunk(tau, start, end)
             total += opts.row_losses(S.logits(sel, opts.dtype), T.logits(sel, opts.dtype), tau_c).sum()
         ctx.opts = opts
@@ -179,14 +179,14 @@ class _ChunkedKD(torch.autograd.Function):
         opts = ctx.opts
         rows, tau_tensor, zS, hS, wS, bS, zT, hT, wT, bT = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        S, T = _Side(zS, hS, wS, bS), _Side(zT, hT, wT, bT)
+        S, T = LogitsSide(zS, hS, wS, bS), LogitsSide(zT, hT, wT, bT)
         needs_S, needs_T = ctx.needs_input_grad[3:7], ctx.needs_input_grad[7:11]
         grads_S = S.new_grads(needs_S, opts.dtype, rows is None) if any(needs_S) else None
         grads_T = T.new_grads(needs_T, opts.dtype, rows is None) if any(needs_T) else None
         scale = grad_out.to(opts.dtype) / max(opts.n_rows, 1)
         device_type = (zS if zS is not None else hS).device.type
         with torch.autocast(device_type, enabled=False):
-            for start, end, sel in _chunks(opts.n_rows, opts.chunk, rows):
+            for start, end, sel in row_chunks(opts.n_rows, opts.chunk, rows):
                 tau_c = _tau_chunk(tau, start, end)
                 z_S = S.logits(sel, opts.dtype).detach().requires_grad_(grads_S is not None)
                 z_T = T.logits(sel, opts.dtype).detach().requires_grad_(grads_T is not None)
@@ -200,12 +200,12 @@ class _ChunkedKD(torch.autograd.Function):
                 if grads_T is not None:
                     T.add_grad(grads_T, sel, got[-1])
                 del got
-        out_S = _Side.finish(grads_S, [zS, hS, wS, bS]) if grads_S is not None else [None] * 4
-        out_T = _Side.finish(grads_T, [zT, hT, wT, bT]) if grads_T is not None else [None] * 4
+        out_S = LogitsSide.finish(grads_S, [zS, hS, wS, bS]) if grads_S is not None else [None] * 4
+        out_T = LogitsSide.finish(grads_T, [zT, hT, wT, bT]) if grads_T is not None else [None] * 4
         return (None,) * 3 + tuple(out_S) + tuple(out_T)
 
 
-def _autocast_inputs(tensors: list[torch.Tensor | None], device_type: str) -> list[torch.Tensor | None]:
+def autocast_inputs(tensors: list[torch.Tensor | None], device_type: str) -> list[torch.Tensor | None]:
     """Inside autocast, an output layer's matmul would run in the autocast dtype: cast its inputs the same way."""
     if not torch.is_autocast_enabled(device_type):
         return tensors
@@ -306,8 +306,8 @@ def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_
         raise ConfigError(f"must be (C, D) with D = hidden_S.shape[-1] = {hidden_S.shape[-1]}, got shape "
                           f"{shape_of(weight_S)}", "weight_S")
     lead, n_classes = shape_of(hidden_S)[:-1], weight_S.shape[0]
-    _check_bias(bias_S, n_classes, "bias_S")
-    _check_matmul_dtypes(hidden_S, weight_S, bias_S, "S")
+    check_bias(bias_S, n_classes, "bias_S")
+    check_matmul_dtypes(hidden_S, weight_S, bias_S, "S")
     if logits_T is not None:
         if hidden_T is not None or weight_T is not None or bias_T is not None:
             raise ConfigError("give the teacher as logits_T or as hidden_T + weight_T (+ bias_T), not both",
@@ -329,12 +329,12 @@ def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_
         if weight_T.dim() != 2 or shape_of(weight_T) != (n_classes, hidden_T.shape[-1]):
             raise ConfigError(f"must be (C, D_T) = ({n_classes}, {hidden_T.shape[-1]}) (the student's classes, "
                               f"hidden_T's width), got shape {shape_of(weight_T)}", "weight_T")
-        _check_bias(bias_T, n_classes, "bias_T")
-        _check_matmul_dtypes(hidden_T, weight_T, bias_T, "T")
+        check_bias(bias_T, n_classes, "bias_T")
+        check_matmul_dtypes(hidden_T, weight_T, bias_T, "T")
     check_same_device({"hidden_S": hidden_S, "weight_S": weight_S, "bias_S": bias_S, "logits_T": logits_T,
                        "hidden_T": hidden_T, "weight_T": weight_T, "bias_T": bias_T})
     device_type = hidden_S.device.type
-    hidden_S, weight_S, bias_S, hidden_T, weight_T, bias_T = _autocast_inputs(
+    hidden_S, weight_S, bias_S, hidden_T, weight_T, bias_T = autocast_inputs(
         [hidden_S, weight_S, bias_S, hidden_T, weight_T, bias_T], device_type)
     dtype = compute_dtype(hidden_S, logits_T, hidden_T)
     rows, n_rows, tau = _counted(mask, labels, ignore_index, lead, temperature,
@@ -342,16 +342,16 @@ def fused_linear_kd_loss(hidden_S: torch.Tensor, weight_S: torch.Tensor, logits_
     opts = _Options(kind, params, softcap, temperature_squared,
                     _auto_chunk(chunk_size, n_classes, _FUSED_CHUNK_ELEMENTS, kind), n_rows, dtype)
     with torch.autocast(device_type, enabled=False):
-        return _ChunkedKD.apply(opts, rows, tau, None, _flat(hidden_S), weight_S, bias_S,
-                                _flat(logits_T), _flat(hidden_T), weight_T, bias_T)
+        return _ChunkedKD.apply(opts, rows, tau, None, flat_rows(hidden_S), weight_S, bias_S,
+                                flat_rows(logits_T), flat_rows(hidden_T), weight_T, bias_T)
 
 
-def _flat(x: torch.Tensor | None) -> torch.Tensor | None:
+def flat_rows(x: torch.Tensor | None) -> torch.Tensor | None:
     """``(..., F)`` as ``(rows, F)``."""
     return None if x is None else x.reshape(-1, x.shape[-1])
 
 
-def _check_bias(bias: object, n_classes: int, name: str) -> None:
+def check_bias(bias: object, n_classes: int, name: str) -> None:
     if bias is None:
         return
     check_tensor(bias, name)
@@ -359,7 +359,7 @@ def _check_bias(bias: object, n_classes: int, name: str) -> None:
         raise ConfigError(f"must have shape ({n_classes},) (one value per class), got {shape_of(bias)}", name)
 
 
-def _check_matmul_dtypes(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, side: str) -> None:
+def check_matmul_dtypes(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, side: str) -> None:
     if torch.is_autocast_enabled(hidden.device.type):
         return  # everything is cast to the autocast dtype
     for name, t in ((f"weight_{side}", weight), (f"bias_{side}", bias)):
