@@ -14,15 +14,21 @@ Stages (each a fresh ``python -m brewkit`` process, so that its peak RSS is its 
    ``full`` captures the whole vocabulary (30,522 ids: 122 KB a position); it runs, with its own live-teacher
    run, on the first ``--full-examples`` training texts only, to keep the store small.
 
+4. step times side by side in one process (``--timed-steps N``, default 40): the student alone, the live
+   teacher and each store run (fused, and the plain form from logits), ``N`` optimizer steps each, twice in
+   turn (once with ``--quick``), on the same batches; the median step of each against the student alone's. These
+   runs keep the demo's recipe (KD only: ``--set`` does not reach them), so the ratio is the teacher side's cost.
+
 Printed and written to OUTPUT_DIR/results_offline.json: per run the held-out perplexity, the training step time
-(from the logged samples/s) and the peak RSS of its process; per store its size and capture time. Timings mean
-something only on a quiet machine.
+(from the logged samples/s), the peak RSS of its process and the in-process median step; per store its size and
+capture time. Timings mean something only on a quiet machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -84,6 +90,30 @@ def step_seconds(output_dir: str, batch_size: int) -> float | None:
     return round(sum(batch_size / x for x in rates) / len(rates), 4) if rates else None
 
 
+def timed_steps(config: str, overrides: list[str], steps: int) -> list[float]:
+    """Seconds of each optimizer step after the first of ``brewkit train CONFIG`` run in this process."""
+    import torch
+
+    from brewkit import run, runfile
+
+    stamps: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def timed(self, *a, **k):
+        r = original(self, *a, **k)
+        stamps.append(time.perf_counter())
+        return r
+
+    cfg = runfile.load_run(config, [*overrides, f"training.num_steps={steps}", "training.logging_steps=1000000",
+                                    "data.max_eval_examples=8", "training.overwrite_output_dir=true"])
+    torch.optim.AdamW.step = timed
+    try:
+        run.train_run(cfg)
+    finally:
+        torch.optim.AdamW.step = original
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output-dir", default="runs/bench_offline")
@@ -95,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads of each process (default: all)")
     p.add_argument("--steps", type=int, default=None, help="student steps of every run (default 200; quick 3)")
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps (default 300)")
+    p.add_argument("--timed-steps", type=int, default=None,
+                   help="steps of each run in the in-process step-time comparison (default 40; quick 3; 0: skip)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-file override for every distillation run and capture (repeatable), e.g. "
                         "distillation.hard_label_weight=0.5")
@@ -166,14 +198,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     train("live", cfg("distill"))
     train("student_alone", cfg("baseline"))
+    stores: dict[str, str] = {}
     for k in ks:
         subset = [f"data.max_train_examples={args.full_examples}"] if k == "full" and not args.quick else []
         store = capture(f"k{k}", k, *subset)
         if subset:
             train("live_full_subset", cfg("distill"), *subset)
-        # the fused form needs the teacher's dense logits: a store run computes the sparse loss from the logits
-        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", "distillation.kd_implementation=plain",
-              *subset)
+        stores[k] = store
+        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", *subset)
+
+    timed = args.timed_steps if args.timed_steps is not None else (3 if args.quick else 40)
+    if timed:  # side by side in this process, each run twice in turn, on the same batches (same seed and data)
+        runs = {"student_alone": (cfg("baseline"), []), "live": (cfg("distill"), [f"teacher.path={teacher_dir}"])}
+        for k, store in stores.items():
+            if k != "full":
+                runs[f"store_k{k}"] = (cfg("distill"), [f"teacher={{store: {store}}}"])
+                runs[f"store_k{k}_plain"] = (cfg("distill"), [f"teacher={{store: {store}}}",
+                                                               "distillation.kd_implementation=plain"])
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(1 if args.quick else 2):
+            for name, (config, more) in runs.items():
+                more = [*sizes["common"], *sizes["student"], *more,
+                        f"output_dir={os.path.join(out, 'timed', name)}"]
+                times[name] += timed_steps(config, more, timed)
+        alone = statistics.median(times["student_alone"])
+        results["timed_steps"] = {name: {"median_step_s": round(statistics.median(t), 4),
+                                         "x_alone": round(statistics.median(t) / alone, 3), "steps": len(t)}
+                                  for name, t in times.items()}
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     with open(os.path.join(out, "results_offline.json"), "w", encoding="utf-8") as f:
@@ -187,6 +238,10 @@ def main(argv: list[str] | None = None) -> dict:
         step = f"{r['step_seconds']:.4f}" if r["step_seconds"] is not None else "-"
         ratio = f"{r['step_seconds'] / alone:.3f}" if r["step_seconds"] and alone else "-"
         print(f"{name:<20}{r['perplexity']:>12.2f}{step:>10}{ratio:>9}{r['peak_rss_mb'] or 0:>13.0f}")
+    if results.get("timed_steps"):
+        print(f"\n{'in one process':<20}{'median step s':>15}{'x alone':>9}")
+        for name, r in results["timed_steps"].items():
+            print(f"{name:<20}{r['median_step_s']:>15.4f}{r['x_alone']:>9.3f}")
     print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
           f"{os.path.join(out, 'results_offline.json')}")
     return results

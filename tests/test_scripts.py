@@ -169,7 +169,12 @@ def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path
         assert run["perplexity"] > 1 and run["peak_rss_mb"] > 0 and run["steps"] == 3
     assert results["runs"]["store_kfull"]["perplexity"] == pytest.approx(results["runs"]["live"]["perplexity"],
                                                                          rel=1e-3)
-    assert "B/token" in capsys.readouterr().out
+    timed = results["timed_steps"]  # in one process: the student alone, the live teacher, each top-k store's
+    assert set(timed) == {"student_alone", "live", "store_k8", "store_k8_plain"}  # fused and plain runs
+    assert all(t["steps"] == 2 and t["median_step_s"] > 0 for t in timed.values())  # 3 steps, less the first
+    assert timed["student_alone"]["x_alone"] == 1
+    printed = capsys.readouterr().out
+    assert "B/token" in printed and "in one process" in printed
 
 
 @pytest.fixture(scope="module")
