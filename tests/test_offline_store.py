@@ -128,7 +128,7 @@ def bucket_reference(kind: str, zs: torch.Tensor, zt: torch.Tensor, k: int, tau:
 
 @pytest.mark.parametrize("kind", SPARSE_KINDS)
 def test_sparse_loss_gradient_with_a_tail_bucket_is_the_bucket_divergences(kind):
-    """The hand-written backward (StudentBuckets) against autograd through the bucket formula, k < V, with a row
+    """The closed-form gradient (SparseKD) against autograd through the bucket formula, k < V, with a row
     whose student puts almost nothing in the tail and a row whose teacher does."""
     g = torch.Generator().manual_seed(3)
     zs, zt = torch.randn(5, 11, generator=g, dtype=torch.float64), 2 * torch.randn(5, 11, generator=g,
