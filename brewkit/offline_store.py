@@ -250,8 +250,9 @@ def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory:
     skipped without running the teacher.
     The index is flushed every ``flush_every`` batches and at the end; after a barrier, rank 0 marks the
     manifest complete when every index of ``expected`` (the training set's ``idx``) is stored. Returns the store's
-    ``examples``, ``positions`` (records), ``bytes`` and ``bytes_per_position``, and this rank's ``written`` /
-    ``skipped`` examples and ``seconds``."""
+    ``examples``, ``positions`` (records), ``bytes`` and ``bytes_per_position``, ``top_k_mass``
+    (:meth:`~brewkit.teacher_store.CapturedTeacherStore.top_k_mass`), and this rank's ``written`` / ``skipped``
+    examples and ``seconds``."""
     store = CapturedTeacherStore(directory, manifest, rank=rank, writable=True)
     kind, dtype = store.kind, manifest["dtype"]
     teacher.eval()
@@ -317,7 +318,7 @@ def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory:
             "positions": positions_stored, "bytes": size,
             "bytes_per_position": size / max(positions_stored, 1), "seconds": round(seconds, 3),
             "complete": bool(read_manifest(directory).get("complete")), "k": manifest.get("k"),
-            "dtype": dtype, "record_bytes": manifest["record_bytes"]}
+            "dtype": dtype, "record_bytes": manifest["record_bytes"], "top_k_mass": store.top_k_mass()}
 
 
 def teacher_records(results: Mapping, store: CapturedTeacherStore, manifest: Mapping) -> tuple[np.ndarray,

@@ -559,6 +559,20 @@ class CapturedTeacherStore(DiskTeacherStore):
         """``(segment, offset, length, token hash)`` of every stored example (length: its records)."""
         return list(self._entries.values())
 
+    def top_k_mass(self) -> float | None:
+        """The mean over stored positions of the teacher's probability on its top-k ids, ``1 - P_tail`` (None for
+        a logits store or an empty one). It says how much of the teacher a top-k loss sees: near 1 the buckets
+        are nearly the full distribution; far below, the tail bucket carries much of it and says nothing about
+        which tail token comes next (then a larger k, or hard labels beside the sparse KD, helps)."""
+        if self.kind != "topk":
+            return None
+        total, n = 0.0, 0
+        for entry in self.entries():
+            tail = field_tensor(self._read(entry)["log_tail"], self.manifest["dtype"]).double()
+            total += float((1 - tail.exp()).sum())
+            n += tail.numel()
+        return total / n if n else None
+
     def stored_bytes(self) -> int:
         """Bytes on disk: the data files, the index files and the manifest."""
         return sum(os.path.getsize(p) for p in glob.glob(os.path.join(self.directory, "*"))

@@ -20,8 +20,8 @@ Stages (each a fresh ``python -m brewkit`` process, so that its peak RSS is its 
    runs keep the demo's recipe (KD only: ``--set`` does not reach them), so the ratio is the teacher side's cost.
 
 Printed and written to OUTPUT_DIR/results_offline.json: per run the held-out perplexity, the training step time
-(from the logged samples/s), the peak RSS of its process and the in-process median step; per store its size and
-capture time. Timings mean something only on a quiet machine.
+(from the logged samples/s), the peak RSS of its process and the in-process median step; per store its size,
+capture time and the teacher's mean probability on its top k ids. Timings mean something only on a quiet machine.
 """
 from __future__ import annotations
 
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["stores"][name] = {"k": int(s["k"]), "positions": int(s["positions"]), "bytes": int(s["bytes"]),
                                    "bytes_per_token": round(float(s["bytes_per_position"]), 1),
                                    "record_bytes": int(s["record_bytes"]), "capture_seconds": float(s["seconds"]),
-                                   "capture_peak_rss_mb": s.get("peak_rss_mb")}
+                                   "capture_peak_rss_mb": s.get("peak_rss_mb"),
+                                   "top_k_mass": round(float(s["top_k_mass"]), 4)}
         return store
 
     train("live", cfg("distill"))
@@ -229,9 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     with open(os.path.join(out, "results_offline.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}")
+    print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}{'top-k mass':>12}")
     for name, s in results["stores"].items():
-        print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}")
+        print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}"
+              f"{s['top_k_mass']:>12.3f}")
     alone = results["runs"]["student_alone"]["step_seconds"]
     print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'x alone':>9}{'peak RSS MB':>13}")
     for name, r in results["runs"].items():

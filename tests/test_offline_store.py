@@ -397,13 +397,20 @@ def test_store_layout_manifest_and_bytes_per_position(lm, tmp_path):
     from brewkit.engine.batches import split_batch
     from brewkit.tasks import next_token_mask
 
+    top_mass = []  # the teacher's probability on its 64 most likely ids, per counted position
     for two_part in b.train_loader:
         batch = split_batch(two_part)[1]  # the student's part: it has the labels the positions come from
         n = next_token_mask(batch).sum(-1)
         for i, c in zip(batch["idx"].tolist(), n.tolist()):
             assert store.entries()[list(store._entries).index(i)][2] == c  # noqa: SLF001 -- the test reads the index
         counted += int(n.sum())
+        with torch.no_grad():
+            z = b.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"]).logits[next_token_mask(batch)]
+        top_mass += torch.softmax(z.double() / 2.0, -1).topk(64, -1).values.sum(-1).tolist()
     assert int(summary["positions"]) == counted == m["positions"]
+    assert float(summary["top_k_mass"]) == pytest.approx(sum(top_mass) / len(top_mass), abs=2e-3)  # float16 tails
+    assert 0 < float(summary["top_k_mass"]) < 1
     data_bytes = os.path.getsize(tmp_path / "store" / "data-rank0.bin")
     assert data_bytes == 258 * counted
     assert float(summary["bytes_per_position"]) < 260 + 4096 / counted * 4  # data + index + manifest

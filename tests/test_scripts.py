@@ -162,6 +162,7 @@ def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path
         store = results["stores"][name]
         assert store["k"] == k and store["record_bytes"] == 4 * k + 2
         assert store["bytes_per_token"] >= store["record_bytes"] and store["positions"] > 0
+        assert 0 < store["top_k_mass"] <= 1 and (store["top_k_mass"] == 1) == (name == "kfull")
     assert set(results["runs"]) == {"live", "student_alone", "store_k8", "store_kfull"}
     run_file = yaml.safe_load((out / "store_k8" / "run.yaml").read_text())  # --set reaches every student run
     assert run_file["distillation"]["hard_label_weight"] == 0.5
