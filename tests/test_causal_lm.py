@@ -572,6 +572,30 @@ def test_output_layer_gives_the_fused_form_the_same_kd(lm, tmp_path):
         get_task("causal_lm").output_layer(torch.nn.Linear(2, 2))
 
 
+def test_a_fused_run_without_hard_labels_makes_no_student_logits_and_trains_the_plain_runs_student(lm, tmp_path):
+    """kd_implementation fused with hard_label_weight 0: nothing reads the student's logits, so its forward gets
+    logits_to_keep=1 ((B, 1, V) logits), and the run trains the plain form's student; a temperature scheduler
+    (it reads them) or hard labels (the student's own loss needs them) keep every position's logits."""
+    weights = {}
+    for form in ("plain", "fused"):
+        run = lm_run(lm, tmp_path / form, eval_file=None)
+        run["distillation"].update(hard_label_weight=0, kd_implementation=form)
+        run["training"].update(num_steps=3, optimizer={"name": "sgd", "lr": 0.5})
+        code, _, err = cli("train", _write(tmp_path / f"{form}.yaml", run))
+        assert code == 0, err
+        weights[form] = load_file(os.path.join(tmp_path / form, "final", "model.safetensors"))
+    for name, w in weights["plain"].items():
+        torch.testing.assert_close(weights["fused"][name], w, rtol=0, atol=1e-5)
+    for update, short in (({}, True), ({"hard_label_weight": 0.5}, False),
+                          ({"temperature_scheduler": ["flsw", 1, 2]}, False)):
+        run = lm_run(lm, tmp_path / "o", eval_file=None)
+        run["distillation"].update({"hard_label_weight": 0, "kd_implementation": "fused", **update})
+        b, _, full, batch = first_batch(run)
+        results = b.distiller.student_results(batch, {})
+        assert b.distiller.reads_no_student_logits(b.distiller.adaptor_S) == short, update
+        assert results["logits"][0].shape[1] == (1 if short else batch["input_ids"].shape[1])
+
+
 def test_probability_shift_swaps_each_positions_next_token_into_the_teachers_top(lm, tmp_path):
     """TextBrewer's probability_shift on a causal LM: at every counted position the teacher's top logit and the
     logit of the true next token trade places before the KL (labels of the selected positions from the task)."""

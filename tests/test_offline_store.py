@@ -27,6 +27,7 @@ from task_helpers import GPT2, VOCAB, lm_assets, lm_run
 
 from brewkit.build import build
 from brewkit.cli import main
+from brewkit.engine.batches import split_batch, split_example_index
 from brewkit.errors import CheckpointError, ConfigError
 from brewkit.losses.sparse import (
     SPARSE_KINDS,
@@ -394,7 +395,6 @@ def test_store_layout_manifest_and_bytes_per_position(lm, tmp_path):
     store = CapturedTeacherStore(str(tmp_path / "store"))
     b = build(load_run(run), with_optimizer=False)
     counted = 0
-    from brewkit.engine.batches import split_batch
     from brewkit.tasks import next_token_mask
 
     top_mass = []  # the teacher's probability on its 64 most likely ids, per counted position
@@ -453,11 +453,13 @@ def test_a_top_k_store_trains_a_student_whose_kd_term_is_the_sparse_one(lm, tmp_
     assert float(terms["unweighted_kd_loss"]) == pytest.approx(hand_bucket_loss("kl", zs, zt, 8, 2.0) * 4, rel=1e-4)
 
 
-def test_a_store_run_in_the_fused_form_trains_the_plain_forms_student(lm, tmp_path):
+@pytest.mark.parametrize("hard_label_weight", [0, 0.5])
+def test_a_store_run_in_the_fused_form_trains_the_plain_forms_student(lm, tmp_path, hard_label_weight):
     """kd_implementation fused (from the student's hidden states and LM head) and plain (from its logits) give
-    the same student from a k = 8 store, with hard labels beside the KD term."""
+    the same student from a k = 8 store, with and without hard labels beside the KD term. Without them the fused
+    run asks the student for its last position's logits only (logits_to_keep=1): nothing reads the others."""
     run = lm_sgd_run(lm, tmp_path / "o")
-    run["distillation"]["hard_label_weight"] = 0.5
+    run["distillation"]["hard_label_weight"] = hard_label_weight
     capture_cli(write(tmp_path / "r.yaml", run), tmp_path / "store", "--k", "8", "--dtype", "float32")
     outs = {}
     for form in ("plain", "fused"):
@@ -466,6 +468,12 @@ def test_a_store_run_in_the_fused_form_trains_the_plain_forms_student(lm, tmp_pa
         code, _, err = cli("train", write(tmp_path / f"{form}.yaml", srun))
         assert code == 0, err
         outs[form] = final_weights(tmp_path / form)
+        b = build(load_run(srun), with_optimizer=False)
+        batch_S = split_batch(split_example_index(next(iter(b.train_loader)))[0])[1]
+        results = b.distiller.student_results(batch_S, {})
+        short = form == "fused" and hard_label_weight == 0
+        assert b.distiller.reads_no_student_logits(b.distiller.adaptor_S) == short
+        assert results["logits"][0].shape[1] == (1 if short else results["logits_mask"][0].shape[1])
     for name, w in outs["plain"].items():
         torch.testing.assert_close(outs["fused"][name], w, rtol=0, atol=1e-5)
 

@@ -116,6 +116,7 @@ class AbstractDistiller(TrainingLoop):
         self.teacher_store: TeacherStore | None = None  # teacher_cache: the per-example store of the last train()
         self._validated = False  # the first batch's adaptor / match checks have run
         self._mask_matches_batch = True  # the student's inputs_mask is the batch's mask (see student_results)
+        self._keeps_no_logits: dict[int, bool] = {}  # per student adaptor: reads_no_student_logits
         self._teacher_grad_flags: list[tuple[nn.Parameter, bool]] = []
         self._session: sessions.TrainingSession | None = None
         # decided once: do (possibly user-overridden) step and loss methods take the micro-batch?
@@ -258,6 +259,25 @@ class AbstractDistiller(TrainingLoop):
             kw["output_attentions"] = True
         return kw
 
+    def reads_no_student_logits(self, adaptor: Any) -> bool:
+        """Whether the training step reads none of the student's logits, so that a Hugging Face model is asked
+        for its last position's only (``logits_to_keep=1``): the fused KD form, brewkit's own distiller and
+        adaptor code (a subclass or adaptor from elsewhere may read them), no ``labels`` to the student (its own
+        loss needs every logit), no temperature scheduler (it reads them), and a forward that takes
+        ``logits_to_keep``. Decided once per adaptor."""
+        key = id(adaptor)
+        if key not in self._keeps_no_logits:
+            model = unwrap(self.model_S)
+            forward = getattr(model, "forward", None)
+            self._keeps_no_logits[key] = (
+                self.kd_implementation == "fused" and not self.labels_to_student
+                and self.temperature_scheduler is None and self.model_kwargs(adaptor) != {}
+                and str(getattr(adaptor or hf_adaptor, "__module__", "")).startswith("brewkit.")
+                and all(c.__module__.startswith("brewkit.") for c in type(self).__mro__
+                        if issubclass(c, AbstractDistiller))
+                and forward is not None and accepts(forward, "logits_to_keep"))
+        return self._keeps_no_logits[key]
+
     def run_adaptor(self, adaptor: Any, batch: Any, outputs: Any, who: str) -> dict:
         results = normalize_output((adaptor or hf_adaptor)(batch, outputs), who)
         if not self._validated:
@@ -276,7 +296,10 @@ class AbstractDistiller(TrainingLoop):
         model_batch = batch_S
         if not self.labels_to_student and isinstance(batch_S, Mapping) and "labels" in batch_S:
             model_batch = {k: v for k, v in batch_S.items() if k != "labels"}  # the adaptor still reads them
-        outputs = call_model(self.student_forward, model_batch, {**args, **self.model_kwargs(adaptor_S)})
+        kwargs = {**args, **self.model_kwargs(adaptor_S)}
+        if self.reads_no_student_logits(adaptor_S):
+            kwargs["logits_to_keep"] = 1  # the fused form's point: the (B, L, V) logits are never made
+        outputs = call_model(self.student_forward, model_batch, kwargs)
         results = self.run_adaptor(adaptor_S, batch_S, outputs, who)
         if not self._validated:
             mask, found = results.get("inputs_mask"), find_mask(batch_S)
