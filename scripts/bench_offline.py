@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps (default 300)")
     p.add_argument("--timed-steps", type=int, default=None,
                    help="steps of each run in the in-process step-time comparison (default 40; quick 3; 0: skip)")
+    p.add_argument("--timed-only", action="store_true",
+                   help="only the in-process step times, from the stores an earlier run left in OUTPUT_DIR "
+                        "(results in results_offline_timed.json)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-file override for every distillation run and capture (repeatable), e.g. "
                         "distillation.hard_label_weight=0.5")
@@ -197,9 +200,16 @@ def main(argv: list[str] | None = None) -> dict:
                                    "top_k_mass": round(float(s["top_k_mass"]), 4)}
         return store
 
-    train("live", cfg("distill"))
-    train("student_alone", cfg("baseline"))
     stores: dict[str, str] = {}
+    if args.timed_only:  # the stores an earlier run of this script captured into OUTPUT_DIR
+        for k in ks:
+            stores[k] = os.path.join(out, "stores", f"k{k}")
+            if not os.path.isfile(os.path.join(stores[k], "manifest.json")):
+                sys.exit(f"--timed-only: no store {stores[k]}; run without --timed-only first")
+        ks = []
+    else:
+        train("live", cfg("distill"))
+        train("student_alone", cfg("baseline"))
     for k in ks:
         subset = [f"data.max_train_examples={args.full_examples}"] if k == "full" and not args.quick else []
         store = capture(f"k{k}", k, *subset)
@@ -228,13 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
                                   for name, t in times.items()}
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    with open(os.path.join(out, "results_offline.json"), "w", encoding="utf-8") as f:
+    results_file = os.path.join(out, "results_offline_timed.json" if args.timed_only else "results_offline.json")
+    with open(results_file, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}{'top-k mass':>12}")
     for name, s in results["stores"].items():
         print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}"
               f"{s['top_k_mass']:>12.3f}")
-    alone = results["runs"]["student_alone"]["step_seconds"]
+    alone = results["runs"].get("student_alone", {}).get("step_seconds")
     print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'x alone':>9}{'peak RSS MB':>13}")
     for name, r in results["runs"].items():
         step = f"{r['step_seconds']:.4f}" if r["step_seconds"] is not None else "-"
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, r in results["timed_steps"].items():
             print(f"{name:<20}{r['median_step_s']:>15.4f}{r['x_alone']:>9.3f}")
     print(f"total {results['total_seconds']:.0f} s{' (--quick)' if args.quick else ''}; results in "
-          f"{os.path.join(out, 'results_offline.json')}")
+          f"{results_file}")
     return results
 
 

@@ -176,6 +176,11 @@ def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path
     assert timed["student_alone"]["x_alone"] == 1
     printed = capsys.readouterr().out
     assert "B/token" in printed and "in one process" in printed
+    again = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1", "--ks", "8",
+                                           "--timed-only"])  # the step times again, from the stores left there
+    assert set(again["timed_steps"]) == set(timed) and not again["runs"] and not again["stores"]
+    assert json.loads((out / "results_offline_timed.json").read_text()) == again
+    assert json.loads((out / "results_offline.json").read_text()) == results  # the full results are kept
 
 
 @pytest.fixture(scope="module")
