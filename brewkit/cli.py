@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="capture temperature (default: distillation.temperature)")
     cap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"],
                      help="stored log-probabilities / logits (default float16 for top-k, float32 for logits)")
+    cap.add_argument("--selection", default=None, choices=["top_k", "sampled"],
+                     help="keep the teacher's k most likely ids (top_k, the default) or k ids sampled from it "
+                          "(sampled: an unbiased estimate for the ce / kl losses)")
     sub.add_parser("presets", help="list every registered loss, projection, scheduler, layer map and model builder")
     pl = sub.add_parser("plot", help="draw a run's loss terms, learning rate and evaluation against the step (PNG)")
     pl.add_argument("run_dir", help="the run's output_dir (it holds metrics.jsonl)")
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 close_process_group()  # every process stopped at the same step (the loop agreed on it)
                 return 143 if summary.get("signal") == "SIGTERM" else 130
         elif args.command == "capture":
-            summary = run.capture_run(cfg, args.out, args.k, args.temperature, args.dtype)
+            summary = run.capture_run(cfg, args.out, args.k, args.temperature, args.dtype,
+                                      selection=args.selection)
             print(run.format_summary(summary))
         elif args.command == "eval":
             print(run.format_summary(run.eval_run(cfg, args.checkpoint)))

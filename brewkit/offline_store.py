@@ -7,11 +7,12 @@ on reopen, token hashes per example), with top-k records for token-level tasks a
 classification. This module owns what goes around it:
 
 * the run-file settings: ``teacher.capture`` (:class:`CaptureConfig`: ``dir``, ``k``, ``temperature``,
-  ``dtype``, ``flush_every``) and ``teacher.store`` / ``teacher.force`` (:class:`StoreSpec`);
+  ``dtype``, ``selection``, ``seed``, ``flush_every``) and ``teacher.store`` / ``teacher.force`` (:class:`StoreSpec`);
 * the **fingerprint items** (:func:`run_items`, :func:`teacher_items`) written to ``manifest.json`` and compared
   by name: ``teacher`` (sha256 of the weights; the model's source too), ``tokenizer``, ``data`` (sha256 of the
   train file), ``max_length``, ``task``, ``positions`` (what the task counts, from its settings),
-  ``data.<key>`` (the data settings that change the training rows), ``k``, ``temperature``, ``dtype``;
+  ``data.<key>`` (the data settings that change the training rows), ``k``, ``temperature``, ``dtype``,
+  ``selection`` (``top_k`` or ``sampled``) and, for a sampled store, ``sample_seed``;
 * :func:`capture` (the loop: resumable, one shard per rank under ``torchrun``, a progress bar with examples/s
   and bytes written) and :func:`check_distillation` (what a run from a store can and cannot compute).
 
@@ -41,7 +42,7 @@ from .adaptors import normalize_output
 from .engine.batches import call_model, move_to_device, split_batch, split_example_index
 from .errors import ConfigError, brief
 from .logging_utils import logger
-from .losses.sparse import check_temperature, sparse_form, topk_log_probs
+from .losses.sparse import check_temperature, sampled_form, sampled_log_probs, sparse_form, topk_log_probs
 from .teacher_store import (
     CAPTURED_FORMAT,
     MANIFEST,
@@ -62,7 +63,9 @@ DATA_KEYS = ("format", "text_column", "text_pair_column", "label_column", "label
              "drop_labels", "split", "dedupe", "max_train_examples", "prompt_column", "completion_column",
              "messages_column", "train_on_prompt")
 #: Every fingerprint item, in the order messages name them.
-ITEMS = ("teacher", "tokenizer", "data", "max_length", "task", "positions", "k", "temperature", "dtype")
+ITEMS = ("teacher", "tokenizer", "data", "max_length", "task", "positions", "k", "temperature", "dtype", "selection",
+         "sample_seed")
+SELECTIONS = ("top_k", "sampled")
 
 
 @dataclass
@@ -72,13 +75,18 @@ class CaptureConfig(ConfigBase):
     ``k``: top-k ids kept per counted position (token-level tasks; at most the vocabulary). ``temperature``:
     the capture temperature (default: ``distillation.temperature``). ``dtype``: the stored log-probabilities /
     logits (default float16 for top-k, float32 for classification logits). ``flush_every``: batches between
-    two index flushes (what a kill can lose)."""
+    two index flushes (what a kill can lose). ``selection``: ``top_k`` (the teacher's ``k`` most likely ids and
+    the tail mass) or ``sampled`` (``k`` ids drawn from the teacher per position, kept as counts: an unbiased
+    estimate, :mod:`brewkit.losses.sparse`), drawn with ``seed`` and the example's index (the same draws for an
+    example whatever the batching, the resume or the rank)."""
 
     dir: str | None = None
     k: int = 64
     temperature: float | None = None
     dtype: str | None = None
     flush_every: int = 50
+    selection: str = "top_k"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.dir is not None:
@@ -94,6 +102,8 @@ class CaptureConfig(ConfigBase):
         if self.dtype is not None:
             check_choice(self.dtype, "dtype", DTYPES)
         self.flush_every = check_int(self.flush_every, "flush_every", minimum=1)
+        check_choice(self.selection, "selection", list(SELECTIONS))
+        self.seed = check_int(self.seed, "seed", minimum=0)
 
 
 @dataclass
@@ -133,7 +143,8 @@ def store_spec(section: dict, base_dir: str | None, parse_model: Callable[[dict]
 def capture_config(raw: Any) -> CaptureConfig:
     """``teacher.capture`` checked (errors at ``teacher.capture.<key>``)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"must be a mapping of k, temperature, dtype, dir, flush_every; got {brief(raw)}",
+        raise ConfigError(f"must be a mapping of k, temperature, dtype, selection, seed, dir, flush_every; got "
+                          f"{brief(raw)}",
                           "teacher.capture")
     try:
         return CaptureConfig.from_dict(raw)
@@ -224,13 +235,18 @@ def refusal(directory: str, stored: Mapping, current: Mapping, names: list[str],
 
 # -- the manifest ---------------------------------------------------------------------------------------------
 def new_manifest(kind: str, *, items: dict, k: int | None, vocab: int | None, classes: int | None,
-                 temperature: float | None, dtype: str) -> dict:
+                 temperature: float | None, dtype: str, selection: str = "top_k", seed: int = 0) -> dict:
     """The manifest of a new store (``kind`` ``topk`` or ``logits``); ``digest`` is the
-    :class:`~brewkit.teacher_store.TeacherStore` fingerprint of the whole of it."""
+    :class:`~brewkit.teacher_store.TeacherStore` fingerprint of the whole of it. A ``topk`` store's
+    ``selection`` is ``top_k`` or ``sampled`` (then ``draws`` = ``k`` ids drawn per position with ``seed``,
+    kept in ``min(k, vocab)`` slots)."""
     manifest = {"format": CAPTURED_FORMAT, "kind": kind, "dtype": dtype, "fingerprint": items, "complete": False}
     if kind == "topk":
+        check_choice(selection, "selection", list(SELECTIONS))
         manifest.update(k=int(min(k, vocab)), vocab=int(vocab), temperature=float(temperature),
-                        ids_dtype=ids_dtype(vocab))
+                        ids_dtype=ids_dtype(vocab), selection=selection)
+        if selection == "sampled":
+            manifest.update(draws=int(k), seed=int(seed))
     else:
         manifest.update(classes=int(classes))
     manifest["record_bytes"] = record_dtype(manifest).itemsize
@@ -278,7 +294,7 @@ def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory:
                     inputs = on_device if teacher_keys is None else \
                         {k: v for k, v in on_device.items() if k in teacher_keys}
                     results = normalize_output(adaptor(on_device, call_model(teacher, inputs, {})), "adaptor_T")
-                records, counts = teacher_records(results, store, manifest)
+                records, counts = teacher_records(results, store, manifest, keys)
                 mask = batch_T["attention_mask"] if "attention_mask" in batch_T else torch.ones_like(
                     batch_T["input_ids"])
                 hashes = token_hashes(batch_T["input_ids"], mask)
@@ -321,10 +337,10 @@ def capture(teacher: torch.nn.Module, adaptor: Callable, loader: Any, directory:
             "dtype": dtype, "record_bytes": manifest["record_bytes"], "top_k_mass": store.top_k_mass()}
 
 
-def teacher_records(results: Mapping, store: CapturedTeacherStore, manifest: Mapping) -> tuple[np.ndarray,
-                                                                                                np.ndarray]:
+def teacher_records(results: Mapping, store: CapturedTeacherStore, manifest: Mapping,
+                    keys: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(records, counts)``: a batch's teacher results as store records (rows in batch order) and each row's
-    number of records."""
+    number of records. ``keys``: the rows' example indices (a sampled store draws with them)."""
     logits = results.get("logits")
     if not logits:
         raise ConfigError("the teacher's adaptor returned no logits, so there is nothing to capture", "teacher")
@@ -347,12 +363,30 @@ def teacher_records(results: Mapping, store: CapturedTeacherStore, manifest: Map
                           f"{manifest['vocab']}", "teacher")
     masks = results.get("logits_mask")
     mask = masks[0].bool() if masks else torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
-    ids, logp, tail = topk_log_probs(z[mask.to(z.device)], manifest["k"], manifest["temperature"])
+    rows = z[mask.to(z.device)]
+    counts = mask.sum(-1).cpu().numpy().astype(np.int64)
+    if manifest.get("selection", "top_k") == "sampled":
+        if keys is None or len(keys) != z.shape[0]:
+            raise ConfigError("a sampled capture needs each row's example index", "teacher.capture.selection")
+        uniforms = example_uniforms(keys, counts, int(manifest["draws"]), int(manifest["seed"]))
+        ids, logp, tail = sampled_log_probs(rows, int(manifest["draws"]), manifest["temperature"], uniforms)
+    else:
+        ids, logp, tail = topk_log_probs(rows, manifest["k"], manifest["temperature"])
     rec = np.zeros(ids.shape[0], dtype=store.record)
     rec["ids"] = ids.cpu().numpy().astype(rec["ids"].dtype)
     rec["logp"] = value_array(logp, manifest["dtype"])
     rec["log_tail"] = value_array(tail, manifest["dtype"])
-    return rec, mask.sum(-1).cpu().numpy().astype(np.int64)
+    return rec, counts
+
+
+def example_uniforms(keys: list[int], counts: np.ndarray, draws: int, seed: int) -> torch.Tensor:
+    """``(sum(counts), draws)`` uniforms in ``[0, 1)``: example ``keys[b]``'s ``counts[b]`` rows from a generator
+    seeded with ``(seed, keys[b])`` alone, so an example gets the same draws in any batch, resume or rank."""
+    parts = []
+    for key, n in zip(keys, counts.tolist()):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(key)) % (1 << 63))
+        parts.append(torch.rand(int(n), draws, generator=g))
+    return torch.cat(parts) if parts else torch.zeros(0, draws)
 
 
 def human_bytes(n: float) -> str:
@@ -386,15 +420,18 @@ def check_distillation(dc: Any, manifest: Mapping, prefix: str = "distillation."
                           f"{prefix}{field}")
     if manifest["kind"] != "topk":
         return
-    sparse_form(KD_LOSS_MAP.meta(dc.kd_loss_type).get("kind"), dc.kd_loss_type, f"{prefix}kd_loss_type")
+    kind = sparse_form(KD_LOSS_MAP.meta(dc.kd_loss_type).get("kind"), dc.kd_loss_type, f"{prefix}kd_loss_type")
+    sampled = manifest.get("selection") == "sampled"
+    if sampled:
+        sampled_form(kind, dc.kd_loss_type, f"{prefix}kd_loss_type")
     if dc.temperature_scheduler not in ("none", None):
         raise ConfigError("per-row temperatures need every teacher logit; a top-k store holds log-probabilities "
                           f"at temperature {manifest['temperature']:g} only", f"{prefix}temperature_scheduler")
     if (dc.kd_loss_args or {}).get("softcap") is not None:
         raise ConfigError("soft-capping acts on the teacher's raw logits, which a top-k store does not keep",
                           f"{prefix}kd_loss_args.softcap")
-    check_temperature(dc.temperature, float(manifest["temperature"]), manifest["k"] >= manifest["vocab"],
-                      f"{prefix}temperature")
+    check_temperature(dc.temperature, float(manifest["temperature"]),
+                      manifest["k"] >= manifest["vocab"] and not sampled, f"{prefix}temperature")
 
 
 def open_for_training(spec: StoreSpec, current: dict, *, rank: int = 0) -> CapturedTeacherStore:
@@ -431,6 +468,10 @@ def training_items(spec: StoreSpec, manifest: Mapping, items: dict, seed: int | 
             current["dtype"] = spec.capture.dtype
         if spec.capture.temperature is not None and manifest["kind"] == "topk":
             current["temperature"] = spec.capture.temperature
+        if manifest["kind"] == "topk":
+            current["selection"] = spec.capture.selection
+            if spec.capture.selection == "sampled":
+                current["sample_seed"] = spec.capture.seed
     return current
 
 
@@ -486,6 +527,9 @@ def restore_teacher_rng(directory: str, seed: int | None) -> bool:
 def describe_store(directory: str) -> str:
     """One line for ``brewkit validate``."""
     m = read_manifest(directory)
+    if m["kind"] == "topk" and m.get("selection") == "sampled":
+        return (f"teacher: the captured store {directory} ({m['draws']} ids sampled from {m['vocab']} at temperature "
+                f"{m['temperature']:g}, {m['dtype']}, {m['record_bytes']} B per position; no teacher model loaded)")
     if m["kind"] == "topk":
         return (f"teacher: the captured store {directory} (top-{m['k']} of {m['vocab']} ids at temperature "
                 f"{m['temperature']:g}, {m['dtype']}, {m['record_bytes']} B per position; no teacher model loaded)")

@@ -425,19 +425,20 @@ def generate_run(run: RunConfig, checkpoint: str, prompt: str, max_new_tokens: i
 
 # -- capture --------------------------------------------------------------------------------------------------
 def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, temperature: float | None = None,
-                dtype: str | None = None, progress: bool | None = None) -> dict:
+                dtype: str | None = None, progress: bool | None = None, selection: str | None = None) -> dict:
     """``brewkit capture``: run the teacher once over the training data and write a captured store
     (:mod:`brewkit.offline_store`) to ``out`` (else ``teacher.capture.dir``). ``k`` / ``temperature`` / ``dtype``
-    override ``teacher.capture``; the temperature defaults to ``distillation.temperature``. A directory that
-    holds a store with the same fingerprint is resumed; one with another is refused. Under ``torchrun`` each
-    process captures its shard. Returns the summary (rank 0's counts, the store's bytes and bytes/position)."""
+    / ``selection`` override ``teacher.capture``; the temperature defaults to ``distillation.temperature``. A
+    directory that holds a store with the same fingerprint is resumed; one with another is refused. Under
+    ``torchrun`` each process captures its shard. Returns the summary (rank 0's counts, the store's bytes and
+    bytes/position)."""
     from . import distributed, offline_store
     from .build import build_capture
     from .configs import DistillationConfig
 
     settings = run.capture or offline_store.CaptureConfig()
-    given = {key: value for key, value in (("k", k), ("temperature", temperature), ("dtype", dtype))
-             if value is not None}
+    given = {key: value for key, value in (("k", k), ("temperature", temperature), ("dtype", dtype),
+                                           ("selection", selection)) if value is not None}
     settings = offline_store.capture_config({**settings.to_dict(), **given})  # the command line's values checked
     directory = out or settings.dir
     if not directory:
@@ -464,10 +465,14 @@ def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, te
     items.update(offline_store.teacher_items(cb.teacher, offline_store.model_source(run.teacher, run.training.seed)))
     items.update(kind=kind, dtype=dtype_)
     if kind == "topk":
-        items.update(k=min(settings.k, shape[-1]), temperature=float(settings.temperature))
+        items.update(k=min(settings.k, shape[-1]), temperature=float(settings.temperature),
+                     selection=settings.selection)
+        if settings.selection == "sampled":
+            items["sample_seed"] = settings.seed
     offline_store.existing_store_check(directory, items)
     manifest = offline_store.new_manifest(kind, items=items, k=settings.k, vocab=shape[-1], classes=shape[-1],
-                                          temperature=settings.temperature, dtype=dtype_)
+                                          temperature=settings.temperature, dtype=dtype_,
+                                          selection=settings.selection, seed=settings.seed)
     if cb.rank == 0 and not os.path.isdir(os.path.join(directory, "tokenizer")):
         os.makedirs(directory, exist_ok=True)
         cb.tokenizer.save_pretrained(os.path.join(directory, "tokenizer"))

@@ -443,7 +443,8 @@ class CapturedTeacherStore(DiskTeacherStore):
 
     * ``topk`` (token-level tasks): one record per counted position, ``ids`` (``k`` token ids, uint16 when the
       vocabulary has at most 65,536 ids, else int32), ``logp`` (their log-probabilities at the capture
-      temperature, in the store ``dtype``) and ``log_tail`` (log of the probability outside those ids);
+      temperature, in the store ``dtype``) and ``log_tail`` (log of the probability outside those ids); with
+      ``selection: sampled`` the ids drawn from the teacher and ``log(count / draws)``, tail ``-inf``;
       ``length`` in the index is the example's number of counted positions ``M``.
     * ``logits`` (sequence classification): one record per example, its full ``(C,)`` logits.
 
@@ -553,7 +554,8 @@ class CapturedTeacherStore(DiskTeacherStore):
             ids=torch.from_numpy(records["ids"].astype(np.int64)).reshape(-1, self.manifest["k"]),
             logp=field_tensor(records["logp"], self.manifest["dtype"]).float().reshape(-1, self.manifest["k"]),
             log_tail=field_tensor(records["log_tail"], self.manifest["dtype"]).float().reshape(-1),
-            temperature=float(self.manifest["temperature"]), vocab=int(self.manifest["vocab"]), counts=counts)]}
+            temperature=float(self.manifest["temperature"]), vocab=int(self.manifest["vocab"]), counts=counts,
+            sampled=self.manifest.get("selection") == "sampled")]}
 
     def entries(self) -> list[tuple[int, int, int, int]]:
         """``(segment, offset, length, token hash)`` of every stored example (length: its records)."""
@@ -563,8 +565,9 @@ class CapturedTeacherStore(DiskTeacherStore):
         """The mean over stored positions of the teacher's probability on its top-k ids, ``1 - P_tail`` (None for
         a logits store or an empty one). It says how much of the teacher a top-k loss sees: near 1 the buckets
         are nearly the full distribution; far below, the tail bucket carries much of it and says nothing about
-        which tail token comes next (then a larger k, or hard labels beside the sparse KD, helps)."""
-        if self.kind != "topk":
+        which tail token comes next (then a larger k, a sampled store, or hard labels beside the sparse KD,
+        helps). None for a sampled store too: its ids carry all of its estimate's mass by construction."""
+        if self.kind != "topk" or self.manifest.get("selection") == "sampled":
             return None
         total, n = 0.0, 0
         for entry in self.entries():

@@ -1,7 +1,7 @@
 """Offline teacher signals on the causal-LM demo: capture the teacher once, train the student from the store, and
 compare with distilling from the live teacher (issue #20's table).
 
-    python scripts/bench_offline.py [--output-dir runs/bench_offline] [--teacher DIR] [--ks 8,64,full]
+    python scripts/bench_offline.py [--output-dir runs/bench_offline] [--teacher DIR] [--ks 8,64,s8,s64,full]
                                     [--steps 200] [--teacher-steps 300] [--full-examples 400] [--threads N]
     python scripts/bench_offline.py --quick          # tiny sizes, a few steps: seconds (what the tests run)
 
@@ -11,8 +11,9 @@ Stages (each a fresh ``python -m brewkit`` process, so that its peak RSS is its 
 2. live-teacher distillation (``configs/demo_lm_distill.yaml``) and the student alone (``demo_lm_baseline.yaml``);
 3. for each k: ``brewkit capture`` (capture time, bytes per counted position of the whole store directory and
    of its data records), then the distillation run with ``teacher: {store: DIR}`` (no teacher model loaded).
-   ``full`` captures the whole vocabulary (30,522 ids: 122 KB a position); it runs, with its own live-teacher
-   run, on the first ``--full-examples`` training texts only, to keep the store small.
+   ``sN`` captures a *sampled* store (``--selection sampled``: N ids drawn from the teacher per position, kept as
+   counts). ``full`` captures the whole vocabulary (30,522 ids: 122 KB a position); it runs, with its own
+   live-teacher run, on the first ``--full-examples`` training texts only, to keep the store small.
 
 4. step times side by side in one process (``--timed-steps N``, default 40): the student alone, the live
    teacher and each store run (fused, and the plain form from logits), ``N`` optimizer steps each, twice in
@@ -114,11 +115,17 @@ def timed_steps(config: str, overrides: list[str], steps: int) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def label(k: str) -> str:
+    """A store's name from its ``--ks`` entry: ``k8``, ``sampled_k8``, ``kfull``."""
+    return f"sampled_k{k[1:]}" if k.startswith("s") else f"k{k}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output-dir", default="runs/bench_offline")
     p.add_argument("--teacher", default=None, help="a trained demo teacher (final/ directory); default: train one")
-    p.add_argument("--ks", default="8,64,full", help="top-k values to capture ('full': the whole vocabulary)")
+    p.add_argument("--ks", default="8,64,s8,s64,full",
+                   help="stores to capture: top-k values, sN (N ids sampled), full (the whole vocabulary)")
     p.add_argument("--full-examples", type=int, default=400,
                    help="training texts of the full-vocabulary pair (live and store), to bound the store's size")
     p.add_argument("--quick", action="store_true", help="tiny models, a few steps on a small subset (tests)")
@@ -189,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
         store = os.path.join(out, "stores", name)  # not a run's output_dir
         if os.path.isdir(store):
             shutil.rmtree(store)
-        extra = ["--k", "1000000"] if k == "full" else ["--k", k]
+        extra = ["--k", "1000000"] if k == "full" else ["--k", k[1:], "--selection", "sampled"] \
+            if k.startswith("s") else ["--k", k]
         s = brewkit(["capture", cfg("distill"), "--out", store, *extra,
                      *overrides("student", f"teacher.path={teacher_dir}", *args.sets, *more)], args.threads,
                     os.path.join(out, f"capture_{name}.log"))
@@ -197,13 +205,15 @@ def main(argv: list[str] | None = None) -> dict:
                                    "bytes_per_token": round(float(s["bytes_per_position"]), 1),
                                    "record_bytes": int(s["record_bytes"]), "capture_seconds": float(s["seconds"]),
                                    "capture_peak_rss_mb": s.get("peak_rss_mb"),
-                                   "top_k_mass": round(float(s["top_k_mass"]), 4)}
+                                   "selection": "sampled" if k.startswith("s") else "top_k",
+                                   "top_k_mass": None if s["top_k_mass"] == "None" else round(float(s["top_k_mass"]),
+                                                                                              4)}
         return store
 
     stores: dict[str, str] = {}
     if args.timed_only:  # the stores an earlier run of this script captured into OUTPUT_DIR
         for k in ks:
-            stores[k] = os.path.join(out, "stores", f"k{k}")
+            stores[k] = os.path.join(out, "stores", label(k))
             if not os.path.isfile(os.path.join(stores[k], "manifest.json")):
                 sys.exit(f"--timed-only: no store {stores[k]}; run without --timed-only first")
         ks = []
@@ -212,20 +222,21 @@ def main(argv: list[str] | None = None) -> dict:
         train("student_alone", cfg("baseline"))
     for k in ks:
         subset = [f"data.max_train_examples={args.full_examples}"] if k == "full" and not args.quick else []
-        store = capture(f"k{k}", k, *subset)
+        store = capture(label(k), k, *subset)
         if subset:
             train("live_full_subset", cfg("distill"), *subset)
         stores[k] = store
-        train(f"store_k{k}", cfg("distill"), f"teacher={{store: {store}}}", *subset)
+        train(f"store_{label(k)}", cfg("distill"), f"teacher={{store: {store}}}", *subset)
 
     timed = args.timed_steps if args.timed_steps is not None else (3 if args.quick else 40)
     if timed:  # side by side in this process, each run twice in turn, on the same batches (same seed and data)
         runs = {"student_alone": (cfg("baseline"), []), "live": (cfg("distill"), [f"teacher.path={teacher_dir}"])}
         for k, store in stores.items():
             if k != "full":
-                runs[f"store_k{k}"] = (cfg("distill"), [f"teacher={{store: {store}}}"])
-                runs[f"store_k{k}_plain"] = (cfg("distill"), [f"teacher={{store: {store}}}",
-                                                               "distillation.kd_implementation=plain"])
+                runs[f"store_{label(k)}"] = (cfg("distill"), [f"teacher={{store: {store}}}"])
+            if k != "full" and not k.startswith("s"):
+                runs[f"store_{label(k)}_plain"] = (cfg("distill"), [f"teacher={{store: {store}}}",
+                                                                    "distillation.kd_implementation=plain"])
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(1 if args.quick else 2):
             for name, (config, more) in runs.items():
@@ -243,8 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
         json.dump(results, f, indent=2)
     print(f"\n{'store':<10}{'k':>8}{'B/token':>10}{'record B':>10}{'capture s':>11}{'top-k mass':>12}")
     for name, s in results["stores"].items():
+        mass = "-" if s["top_k_mass"] is None else f"{s['top_k_mass']:.3f}"
         print(f"{name:<10}{s['k']:>8}{s['bytes_per_token']:>10.1f}{s['record_bytes']:>10}{s['capture_seconds']:>11.1f}"
-              f"{s['top_k_mass']:>12.3f}")
+              f"{mass:>12}")
     alone = results["runs"].get("student_alone", {}).get("step_seconds")
     print(f"\n{'run':<20}{'perplexity':>12}{'step s':>10}{'x alone':>9}{'peak RSS MB':>13}")
     for name, r in results["runs"].items():

@@ -33,6 +33,7 @@ from brewkit.losses.sparse import (
     SPARSE_KINDS,
     TopKTeacher,
     fused_linear_sparse_kd_loss,
+    sampled_log_probs,
     sparse_form,
     sparse_kd_loss,
     topk_log_probs,
@@ -329,6 +330,123 @@ def test_the_student_and_the_store_must_count_the_same_positions():
     assert "3" in str(e.value) and "4" in str(e.value)
 
 
+# -- sampled stores ------------------------------------------------------------------------------------------------
+def test_sampled_records_are_the_counts_of_inverse_cdf_draws_written_by_hand():
+    z = torch.tensor([[0.0, 2.0, 1.0, -1.0, 0.5]])
+    u = torch.tensor([[0.05, 0.6, 0.61, 0.97, 0.3, 0.999]])
+    ids, logp, tail = sampled_log_probs(z, 6, 2.0, u)
+    p = torch.softmax(z.double() / 2.0, -1)[0].tolist()
+    cdf = [sum(p[:i + 1]) for i in range(5)]
+    drawn = [next(i for i, c in enumerate(cdf) if x * cdf[-1] < c) for x in u[0].tolist()]
+    want = {i: drawn.count(i) / 6 for i in set(drawn)}
+    got = {i: v for i, v in zip(ids[0].tolist(), logp[0].exp().tolist()) if v > 0}
+    assert got == pytest.approx(want, abs=1e-6)
+    assert len(set(ids[0].tolist())) == 5 and tail.tolist() == [float("-inf")]  # k' = min(6, V) distinct slots
+    counts = logp[0].exp().tolist()
+    assert counts == sorted(counts, reverse=True)  # most often drawn first, then ids not drawn (probability 0)
+    z0 = torch.tensor([[0.0, -float("inf"), 1.0]])  # an id of probability 0 is never drawn
+    ids, logp, _ = sampled_log_probs(z0, 3, 1.0, torch.rand(1, 3))
+    assert 1 not in [i for i, v in zip(ids[0].tolist(), logp[0].tolist()) if v > float("-inf")]
+    with pytest.raises(ConfigError) as e:
+        sampled_log_probs(z, 4, 1.0, u)
+    assert e.value.path == "uniforms"
+
+
+def test_a_sampled_store_is_an_unbiased_estimate_of_the_teacher_and_of_the_dense_gradient():
+    """Means over independent draws: the counts estimate p_T, and the sparse CE gradient estimates the dense
+    one, (q - p_T) / T per row, within a few standard errors; one sample's value is -sum (c_i / N) log q_i."""
+    g = torch.Generator().manual_seed(0)
+    zs, zt, tau, draws, reps = torch.randn(3, 12, generator=g), 2 * torch.randn(3, 12, generator=g), 1.5, 8, 600
+    p_T = torch.softmax(zt.double() / tau, -1)
+    q = torch.softmax(zs.double() / tau, -1)
+    est, grads = torch.zeros(3, 12, dtype=torch.float64), []
+    for _ in range(reps):
+        ids, logp, tail = sampled_log_probs(zt, draws, tau, torch.rand(3, draws, generator=g))
+        est += torch.zeros(3, 12, dtype=torch.float64).scatter_(-1, ids, logp.double().exp())
+        z = zs.clone().double().requires_grad_(True)
+        loss = sparse_kd_loss("ce", z, TopKTeacher(ids, logp, tail, tau, 12, sampled=True), tau)
+        (grad,) = torch.autograd.grad(loss, [z])
+        grads.append(grad)
+        c = logp.double().exp()
+        hand = -(c * torch.where(c > 0, q.log().gather(-1, ids), torch.zeros_like(c))).sum() / 3
+        assert float(loss.detach()) == pytest.approx(float(hand), rel=1e-9, abs=1e-12)
+    se_p = (p_T * (1 - p_T) / (draws * reps)).sqrt()
+    assert ((est / reps - p_T).abs() <= 5 * se_p + 1e-9).all()
+    grads = torch.stack(grads)
+    dense = (q - p_T) / tau / 3
+    se_g = grads.std(0) / reps ** 0.5
+    assert ((grads.mean(0) - dense).abs() <= 5 * se_g + 1e-9).all()
+    assert float((grads.mean(0) - dense).abs().max()) < 0.1 * float(dense.abs().max())
+    top = TopKTeacher(*topk_log_probs(zt, draws, tau), tau, 12)  # the top-k support is biased: far off
+    z = zs.clone().double().requires_grad_(True)
+    (g_top,) = torch.autograd.grad(sparse_kd_loss("ce", z, top, tau), [z])
+    assert float((g_top - dense).abs().max()) > 3 * float((grads.mean(0) - dense).abs().max())
+
+
+def test_a_sampled_store_refuses_biased_kinds_and_any_other_temperature():
+    zt = torch.randn(2, 6)
+    t = TopKTeacher(*sampled_log_probs(zt, 8, 1.0, torch.rand(2, 8)), 1.0, 6, sampled=True)
+    assert not t.full  # k' = V slots, yet an estimate: never re-tempered
+    for kind in ("reverse_kl", "jsd", "tvd"):
+        with pytest.raises(ConfigError) as e:
+            sparse_kd_loss(kind, torch.randn(2, 6), t, 1.0)
+        assert e.value.path == "kind" and "sampled teacher store" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        sparse_kd_loss("kl", torch.randn(2, 6), t, 2.0)
+    assert e.value.path == "temperature"
+    sparse_kd_loss("kl", torch.randn(2, 6), t, 1.0)
+
+
+def test_a_sampled_capture_draws_per_example_and_trains_the_counts_ce(lm, tmp_path):
+    """selection: sampled: the manifest says so; an example's draws do not depend on the batching (a capture at
+    another batch size stores the same records); the KD term of a run from it is the CE against the counts; a run
+    asking for another selection, or a loss that is not linear in the teacher, is refused."""
+    run = lm_sgd_run(lm, tmp_path / "o")
+    run["distillation"]["kd_loss_type"] = "ce"
+    run["teacher"]["capture"] = {"k": 8, "selection": "sampled", "seed": 3, "dtype": "float32"}
+    summary = capture_cli(write(tmp_path / "r.yaml", run), tmp_path / "store")
+    assert summary["top_k_mass"] == "None"
+    m = read_manifest(str(tmp_path / "store"))
+    assert (m["selection"], m["draws"], m["seed"], m["k"]) == ("sampled", 8, 3, 8)
+    assert m["fingerprint"]["selection"] == "sampled" and m["fingerprint"]["sample_seed"] == 3
+    other = json.loads(json.dumps(run))
+    other["data"]["batch_size"] = 5
+    capture_cli(write(tmp_path / "r5.yaml", other), tmp_path / "store5")
+    a, b = CapturedTeacherStore(str(tmp_path / "store")), CapturedTeacherStore(str(tmp_path / "store5"))
+    assert sorted(a._entries) == sorted(b._entries)  # noqa: SLF001 -- the test reads the index
+    for i in a._entries:  # noqa: SLF001
+        ra, rb = a._row(i), b._row(i)  # noqa: SLF001
+        assert np.array_equal(ra, rb)
+        assert np.allclose(np.exp(ra["logp"]).sum(-1), 1.0)
+        assert all(len(set(r)) == 8 for r in ra["ids"].tolist())
+    srun = store_run(run, tmp_path / "store", tmp_path / "s")
+    b_live, bs = build(load_run(run), with_optimizer=False), build(load_run(srun), with_optimizer=False)
+    raw = next(iter(bs.train_loader))
+    _, terms = bs.distiller.dry_run(raw)
+    from brewkit.tasks import next_token_mask
+
+    mask = next_token_mask(raw)
+    inputs = {k: raw[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    hit = a.get(raw["idx"], raw)["logits"][0]
+    with torch.no_grad():
+        log_q = torch.log_softmax(bs.student(**inputs).logits[mask].double() / 2.0, -1)
+    c = hit.logp.double().exp()
+    hand = -(c * log_q.gather(-1, hit.ids)).sum(-1).mean() * 4
+    assert float(terms["unweighted_kd_loss"]) == pytest.approx(float(hand), rel=1e-4)
+    del b_live
+    code, _, err = cli("train", write(tmp_path / "s.yaml", srun))
+    assert code == 0, err
+    for change, path in ((lambda r: r["distillation"].update(kd_loss_type="reverse_kl"), "distillation.kd_loss_type"),
+                         (lambda r: r["teacher"].update(capture={"selection": "top_k", "k": 8}), "teacher.store")):
+        bad = json.loads(json.dumps(srun))
+        change(bad)
+        with pytest.raises(ConfigError) as e:
+            build(load_run(bad), with_optimizer=False)
+        assert e.value.path == path, str(e.value)
+        if path == "teacher.store":
+            assert "another selection (store 'sampled', this run 'top_k')" in str(e.value)
+
+
 # -- capture and training from the store -------------------------------------------------------------------------
 def capture_cli(run_path: str, out, *extra) -> dict:
     code, stdout, err = cli("capture", run_path, "--out", out, *extra)
@@ -519,6 +637,7 @@ def test_a_resumed_capture_refuses_each_differing_item(lm, captured, tmp_path):
         "k": lambda r: r["teacher"]["capture"].update(k=16),
         "temperature": lambda r: r["teacher"]["capture"].update(temperature=3),
         "dtype": lambda r: r["teacher"]["capture"].update(dtype="float32"),
+        "selection": lambda r: r["teacher"]["capture"].update(selection="sampled"),
     }
     for item, change in cases.items():
         other = json.loads(json.dumps(run))

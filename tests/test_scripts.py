@@ -151,19 +151,24 @@ def test_bench_vocab_runs_each_form_of_a_divergence_at_small_sizes(capsys):
 
 @pytest.mark.slow
 def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path, capsys):
-    """scripts/bench_offline.py --quick: a store per k with the record size of k ids (uint16) + k log-probs + the
-    tail (float16), a run from each store, and the full-vocabulary store's student as good as the live one's."""
+    """scripts/bench_offline.py --quick: a store per k (top-k, sampled, full) with the record size of k ids (uint16)
+    + k log-probs + the tail (float16), a run from each store, and the full-vocabulary store's student as good as
+    the live one's."""
     out = tmp_path / "bench"
-    results = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1", "--ks", "8,full",
+    results = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1", "--ks", "8,s8,full",
                                              "--set", "distillation.hard_label_weight=0.5"])
     assert json.loads((out / "results_offline.json").read_text()) == results
     vocab = 30522
-    for name, k in (("k8", 8), ("kfull", vocab)):
+    for name, k in (("k8", 8), ("sampled_k8", 8), ("kfull", vocab)):
         store = results["stores"][name]
         assert store["k"] == k and store["record_bytes"] == 4 * k + 2
         assert store["bytes_per_token"] >= store["record_bytes"] and store["positions"] > 0
-        assert 0 < store["top_k_mass"] <= 1 and (store["top_k_mass"] == 1) == (name == "kfull")
-    assert set(results["runs"]) == {"live", "student_alone", "store_k8", "store_kfull"}
+        assert store["selection"] == ("sampled" if name == "sampled_k8" else "top_k")
+        if name == "sampled_k8":  # no top-k mass: its ids carry all of its estimate
+            assert store["top_k_mass"] is None
+        else:
+            assert 0 < store["top_k_mass"] <= 1 and (store["top_k_mass"] == 1) == (name == "kfull")
+    assert set(results["runs"]) == {"live", "student_alone", "store_k8", "store_sampled_k8", "store_kfull"}
     run_file = yaml.safe_load((out / "store_k8" / "run.yaml").read_text())  # --set reaches every student run
     assert run_file["distillation"]["hard_label_weight"] == 0.5
     for run in results["runs"].values():
@@ -171,12 +176,12 @@ def test_bench_offline_quick_captures_each_k_and_trains_from_each_store(tmp_path
     assert results["runs"]["store_kfull"]["perplexity"] == pytest.approx(results["runs"]["live"]["perplexity"],
                                                                          rel=1e-3)
     timed = results["timed_steps"]  # in one process: the student alone, the live teacher, each top-k store's
-    assert set(timed) == {"student_alone", "live", "store_k8", "store_k8_plain"}  # fused and plain runs
+    assert set(timed) == {"student_alone", "live", "store_k8", "store_k8_plain", "store_sampled_k8"}
     assert all(t["steps"] == 2 and t["median_step_s"] > 0 for t in timed.values())  # 3 steps, less the first
     assert timed["student_alone"]["x_alone"] == 1
     printed = capsys.readouterr().out
     assert "B/token" in printed and "in one process" in printed
-    again = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1", "--ks", "8",
+    again = _script("bench_offline").main(["--quick", "--output-dir", str(out), "--threads", "1", "--ks", "8,s8",
                                            "--timed-only"])  # the step times again, from the stores left there
     assert set(again["timed_steps"]) == set(timed) and not again["runs"] and not again["stores"]
     assert json.loads((out / "results_offline_timed.json").read_text()) == again

@@ -33,6 +33,18 @@ whose normaliser ``Z = sum_c exp(z_c / T)`` needs every tail logit: the tail mas
 any ``k``; at ``T != T_c`` it is exact only when the tail is empty (``k`` = the vocabulary), where
 ``log p_T(.; T) = log_softmax((T_c / T) a)``. Any other temperature, and per-row temperatures from a scheduler,
 are a ConfigError (:func:`check_temperature`).
+
+Sampled stores. A top-k support is biased: the tail bucket says how much mass lies outside the top k but not
+where, so a student trained on it learns nothing of the tail's order (and a teacher whose top 64 ids hold half
+its mass leaves half the signal there). A *sampled* store (``teacher.capture.selection: sampled``; the "random
+sampling KD" of Anshumann et al., 2025) instead draws ``N`` ids per position with replacement from
+``p_T(.; T_c)`` and keeps the distinct ids drawn with ``P_i = count_i / N`` (:func:`sampled_log_probs`): an
+unbiased estimate of the whole distribution (``E[P_i] = p_T(i)`` for every id, tail mass 0). The bucket loss
+runs unchanged on it. For ``ce`` and ``kl``, which are linear in the teacher's probabilities, the student's
+gradient ``dL/dz = (q - P) / T`` has expectation ``(q - p_T) / T``, the dense loss's gradient: training from
+the store is unbiased, with noise that falls as ``1/N``. The other kinds are not linear in ``P`` (``log`` of
+a mixture, an absolute value, ``P`` inside a log-ratio's weight of the student side), so a sampled estimate
+biases them: refused (:func:`sampled_form`). A sampled store is never re-tempered (its values are counts).
 """
 from __future__ import annotations
 
@@ -50,6 +62,8 @@ from .vocab import LogitsSide, autocast_inputs, check_bias, check_matmul_dtypes,
 
 #: The divergence kinds that have a sparse (top-k + tail) form; see the module docstring for the others.
 SPARSE_KINDS = ("ce", "kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+#: The kinds a sampled store trains without bias: linear in the teacher's probabilities (module docstring).
+SAMPLED_KINDS = ("ce", "kl")
 
 
 @dataclass
@@ -57,10 +71,12 @@ class TopKTeacher:
     """The teacher side of the counted positions of a batch, read from a captured store.
 
     ``ids``: ``(M, k)`` int64, the top-k token ids of each counted position (rows in the order
-    ``logits[mask]`` gives: row-major over the batch). ``logp``: ``(M, k)`` float32, their log-probabilities at
-    ``temperature`` (the capture temperature). ``log_tail``: ``(M,)`` float32, ``log(1 - sum exp(logp))``
-    (``-inf`` when ``k == vocab``). ``vocab``: the teacher's number of classes. ``counts``: ``(B,)`` counted
-    positions per example (None: not known).
+    ``logits[mask]`` gives: row-major over the batch), distinct within a row. ``logp``: ``(M, k)`` float32, their
+    log-probabilities at ``temperature`` (the capture temperature). ``log_tail``: ``(M,)`` float32,
+    ``log(1 - sum exp(logp))`` (``-inf`` when ``k == vocab``). ``vocab``: the teacher's number of classes.
+    ``counts``: ``(B,)`` counted positions per example (None: not known). ``sampled``: the rows are a sampled
+    store's estimate (:func:`sampled_log_probs`: ``logp = log(count / draws)``, tail ``-inf``), not the teacher's
+    own top-k values.
     """
 
     ids: torch.Tensor
@@ -69,6 +85,7 @@ class TopKTeacher:
     temperature: float
     vocab: int
     counts: torch.Tensor | None = None
+    sampled: bool = False
 
     @property
     def k(self) -> int:
@@ -76,14 +93,15 @@ class TopKTeacher:
 
     @property
     def full(self) -> bool:
-        """Whether the support is the whole vocabulary (no tail)."""
-        return self.k >= self.vocab
+        """Whether the rows are the whole teacher distribution (every id, no tail; never for a sampled store,
+        whose values are an estimate)."""
+        return not self.sampled and self.k >= self.vocab
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TopKTeacher:
         return TopKTeacher(self.ids.to(device, non_blocking=non_blocking),
                            self.logp.to(device, non_blocking=non_blocking),
                            self.log_tail.to(device, non_blocking=non_blocking), self.temperature, self.vocab,
-                           self.counts)
+                           self.counts, self.sampled)
 
 
 def sparse_form(kind: str | None, loss_name: str, path: str = "kd_loss_type") -> str:
@@ -98,6 +116,16 @@ def sparse_form(kind: str | None, loss_name: str, path: str = "kd_loss_type") ->
         why = "it needs the teacher's full distribution (it is not a divergence between two softmaxes)"
     raise ConfigError(f"kd_loss_type {loss_name!r} has no sparse form for a top-k teacher store: {why}; use one of "
                       f"{', '.join(SPARSE_KINDS)}, or capture the full vocabulary with a loss of those", path)
+
+
+def sampled_form(kind: str | None, loss_name: str, path: str = "kd_loss_type") -> str:
+    """``kind`` when a sampled store trains it without bias (:data:`SAMPLED_KINDS`); else a ConfigError."""
+    if kind in SAMPLED_KINDS:
+        return kind
+    raise ConfigError(f"kd_loss_type {loss_name!r} cannot train from a sampled teacher store: the store holds an "
+                      "unbiased estimate of the teacher's distribution, and only a loss linear in the teacher's "
+                      "probabilities (soft cross-entropy, forward KL) keeps it unbiased; use one of those, or "
+                      "capture with selection: top_k", path)
 
 
 def check_temperature(temperature: object, capture_temperature: float, full: bool,
@@ -266,6 +294,8 @@ def sparse_setup(kind: str, teacher: TopKTeacher, temperature: float | torch.Ten
     :func:`fused_linear_sparse_kd_loss`."""
     if kind not in SPARSE_KINDS:
         raise ConfigError(f"must be one of {', '.join(SPARSE_KINDS)}; got {kind!r}", "kind")
+    if teacher.sampled:
+        sampled_form(kind, kind, "kind")
     params = resolve_params(kind, params)
     check_temperature_squared(temperature_squared)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
@@ -367,6 +397,29 @@ def fused_linear_sparse_kd_loss(kind: str, hidden_S: torch.Tensor, weight_S: tor
     with torch.autocast(device_type, enabled=False):
         return SparseKD.apply(opts, rows, tau, t.ids, t.logp, t.log_tail, None, flat_rows(hidden_S), weight_S,
                               bias_S)
+
+
+def sampled_log_probs(logits: torch.Tensor, draws: int, temperature: float, uniforms: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a sampled store keeps of ``(M, V)`` teacher logits (module docstring): ``(ids (M, k'), logp (M, k'),
+    log_tail (M,))`` with ``k' = min(draws, V)``.
+
+    ``uniforms``: ``(M, draws)`` numbers in ``[0, 1)``; draw ``j`` of row ``r`` is the id ``i`` with
+    ``F_{i-1} <= u_{rj} F_V < F_i``, ``F`` the cumulative sum of ``p_T = softmax(z / T)`` (inverse-CDF sampling:
+    ``P(i) = p_T(i)``; an id of probability 0 is never drawn). ``ids``: the distinct ids drawn, most often first,
+    then (to fill ``k'`` distinct slots) ids not drawn; ``logp = log(count / draws)`` (``-inf`` for those);
+    ``log_tail = -inf`` (the estimate has no mass outside its ids). Float32."""
+    if uniforms.shape != (logits.shape[0], draws):
+        raise ConfigError(f"must be (M, draws) = ({logits.shape[0]}, {draws}) uniforms, got "
+                          f"{tuple(uniforms.shape)}", "uniforms")
+    vocab = logits.shape[-1]
+    cdf = F.softmax(logits.float() / temperature, dim=-1).cumsum_(-1)
+    u = uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=vocab - 1)
+    counts = torch.zeros_like(cdf).scatter_add_(-1, drawn, torch.ones_like(u))
+    c, ids = counts.topk(min(int(draws), vocab), dim=-1)
+    tail = torch.full(c.shape[:-1], float("-inf"), dtype=c.dtype, device=c.device)
+    return ids, (c / draws).log(), tail
 
 
 def topk_log_probs(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor,
