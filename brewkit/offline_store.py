@@ -104,6 +104,9 @@ class CaptureConfig(ConfigBase):
         self.flush_every = check_int(self.flush_every, "flush_every", minimum=1)
         check_choice(self.selection, "selection", list(SELECTIONS))
         self.seed = check_int(self.seed, "seed", minimum=0)
+        if self.seed and self.selection != "sampled":
+            raise ConfigError(f"seeds the draws of selection: sampled, but selection is {self.selection!r}: nothing "
+                              "is drawn; remove seed or set selection: sampled", "seed")
 
 
 @dataclass
@@ -143,9 +146,8 @@ def store_spec(section: dict, base_dir: str | None, parse_model: Callable[[dict]
 def capture_config(raw: Any) -> CaptureConfig:
     """``teacher.capture`` checked (errors at ``teacher.capture.<key>``)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"must be a mapping of k, temperature, dtype, selection, seed, dir, flush_every; got "
-                          f"{brief(raw)}",
-                          "teacher.capture")
+        raise ConfigError("must be a mapping of k, temperature, dtype, selection, seed, dir, flush_every; got "
+                          f"{brief(raw)}", "teacher.capture")
     try:
         return CaptureConfig.from_dict(raw)
     except ConfigError as e:
@@ -527,12 +529,11 @@ def restore_teacher_rng(directory: str, seed: int | None) -> bool:
 def describe_store(directory: str) -> str:
     """One line for ``brewkit validate``."""
     m = read_manifest(directory)
-    if m["kind"] == "topk" and m.get("selection") == "sampled":
-        return (f"teacher: the captured store {directory} ({m['draws']} ids sampled from {m['vocab']} at temperature "
-                f"{m['temperature']:g}, {m['dtype']}, {m['record_bytes']} B per position; no teacher model loaded)")
     if m["kind"] == "topk":
-        return (f"teacher: the captured store {directory} (top-{m['k']} of {m['vocab']} ids at temperature "
-                f"{m['temperature']:g}, {m['dtype']}, {m['record_bytes']} B per position; no teacher model loaded)")
+        ids = f"{m['draws']} ids sampled from {m['vocab']}" if m.get("selection") == "sampled" else \
+            f"top-{m['k']} of {m['vocab']} ids"
+        return (f"teacher: the captured store {directory} ({ids} at temperature {m['temperature']:g}, {m['dtype']}, "
+                f"{m['record_bytes']} B per position; no teacher model loaded)")
     return f"teacher: the captured store {directory} ({m['classes']} logits per example, {m['dtype']}; no teacher " \
            "model loaded)"
 

@@ -460,6 +460,9 @@ def capture_run(run: RunConfig, out: str | None = None, k: int | None = None, te
         raise ConfigError("the teacher's adaptor returned no logits, so there is nothing to capture", "teacher")
     shape = tuple(logits[0].shape)
     kind = "topk" if len(shape) == 3 else "logits"
+    if kind == "logits" and settings.selection == "sampled":
+        raise ConfigError(f"a sequence classification store holds each example's full logits ({shape[-1]} classes): "
+                          "there is nothing to sample; remove selection: sampled", "teacher.capture.selection")
     dtype_ = settings.dtype or ("float16" if kind == "topk" else "float32")
     items = offline_store.run_items(run.data, cb.task, run.task, cb.tokenizer)
     items.update(offline_store.teacher_items(cb.teacher, offline_store.model_source(run.teacher, run.training.seed)))

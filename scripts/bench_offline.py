@@ -196,8 +196,12 @@ def main(argv: list[str] | None = None) -> dict:
         store = os.path.join(out, "stores", name)  # not a run's output_dir
         if os.path.isdir(store):
             shutil.rmtree(store)
-        extra = ["--k", "1000000"] if k == "full" else ["--k", k[1:], "--selection", "sampled"] \
-            if k.startswith("s") else ["--k", k]
+        if k == "full":
+            extra = ["--k", "1000000"]
+        elif k.startswith("s"):
+            extra = ["--k", k[1:], "--selection", "sampled"]
+        else:
+            extra = ["--k", k]
         s = brewkit(["capture", cfg("distill"), "--out", store, *extra,
                      *overrides("student", f"teacher.path={teacher_dir}", *args.sets, *more)], args.threads,
                     os.path.join(out, f"capture_{name}.log"))

@@ -729,6 +729,8 @@ def test_an_incomplete_store_is_refused_until_the_capture_finishes(captured, tmp
     (lambda r: r["teacher"].update(capture={"dtype": "int8"}), "teacher.capture.dtype", "float16"),
     (lambda r: r["teacher"].update(capture={"kk": 3}), "teacher.capture", "kk"),
     (lambda r: r["teacher"].update(store=3), "teacher.store", "directory"),
+    (lambda r: r["teacher"].update(capture={"selection": "random"}), "teacher.capture.selection", "sampled"),
+    (lambda r: r["teacher"].update(capture={"seed": 3}), "teacher.capture.seed", "nothing is drawn"),
 ])
 def test_broken_capture_and_store_keys_name_the_key(lm, tmp_path, change, path, words):
     run = lm_sgd_run(lm, tmp_path / "o")
@@ -932,3 +934,6 @@ def test_a_classification_store_holds_the_logits_and_trains_the_live_student(tmp
     a, b = final_weights(tmp_path / "live"), final_weights(tmp_path / "from")
     for name, w in a.items():
         torch.testing.assert_close(b[name], w, rtol=0, atol=1e-6)
+    code, _, err = cli("capture", path, "--out", tmp_path / "sampled", "--selection", "sampled")
+    assert code == 2 and "teacher.capture.selection" in err and "nothing to sample" in err, err
+    assert not (tmp_path / "sampled").exists()

@@ -42,9 +42,10 @@ sampling KD" of Anshumann et al., 2025) instead draws ``N`` ids per position wit
 unbiased estimate of the whole distribution (``E[P_i] = p_T(i)`` for every id, tail mass 0). The bucket loss
 runs unchanged on it. For ``ce`` and ``kl``, which are linear in the teacher's probabilities, the student's
 gradient ``dL/dz = (q - P) / T`` has expectation ``(q - p_T) / T``, the dense loss's gradient: training from
-the store is unbiased, with noise that falls as ``1/N``. The other kinds are not linear in ``P`` (``log`` of
-a mixture, an absolute value, ``P`` inside a log-ratio's weight of the student side), so a sampled estimate
-biases them: refused (:func:`sampled_form`). A sampled store is never re-tempered (its values are counts).
+the store is unbiased, with noise that falls as ``1/N``. The other kinds are not linear in ``P``
+(``reverse_kl`` reads ``log P``, which is ``-inf`` for an id not drawn; ``jsd`` and the skews take the log of a
+mixture with ``P``; ``tvd`` an absolute value), so a sampled estimate biases them: refused
+(:func:`sampled_form`). A sampled store is never re-tempered (its values are counts).
 """
 from __future__ import annotations
 
