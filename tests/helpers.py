@@ -223,15 +223,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_worker(rank: int, fn, args: tuple) -> None:
+    """One spawned process: ``fn(rank, *args)``, then its objects are collected and the process group (if ``fn``
+    joined one) ends on every process (:func:`brewkit.distributed.close_process_group`): a DDP / FSDP model or a
+    gloo group left to interpreter exit can abort the process there."""
+    fn(rank, *args)
+    from brewkit.distributed import close_process_group
+
+    close_process_group()
+
+
 def spawn_and_wait(fn, args: tuple, nprocs: int, timeout: float = 180, what: str = "run") -> None:
-    """``torch.multiprocessing`` spawn of ``fn(rank, *args)`` in ``nprocs`` processes; a run that hangs (a stuck
-    collective) is killed after ``timeout`` seconds and fails the test instead of hanging the suite."""
+    """``torch.multiprocessing`` spawn of ``fn(rank, *args)`` in ``nprocs`` processes (through
+    :func:`run_worker`); a run that hangs (a stuck collective) is killed after ``timeout`` seconds and fails the
+    test instead of hanging the suite."""
     import time
 
     import pytest
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    ctx = mp.start_processes(run_worker, args=(fn, args), nprocs=nprocs, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:

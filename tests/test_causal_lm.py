@@ -9,12 +9,10 @@ import io
 import json
 import math
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import free_port, spawn_and_wait
 from safetensors.torch import load_file
 from task_helpers import GPT2, VOCAB, lm_assets, lm_rows, lm_run, write_rows
 
@@ -381,12 +379,6 @@ ALL_LAYOUTS = ((1, 4, 2), (2, 4, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4))  # (world,
 HARDEST = ((1, 2, 4), (2, 1, 4))  # accumulation 4; with batch 1, rows 5 and 13 are micro-batches of their own
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _lm_distiller(out: str, batch: int, accum: int, normalization: str, kd: tuple, tokenizer_dir: str):
     """``(distiller, student, loader, items)`` for causal-LM KD + hard labels on 80 prompt/completion rows, the
     Python way, with what a YAML run uses: the task's encoding, the two-part batches (the teacher's without
@@ -442,23 +434,13 @@ def _lm_process(rank: int, world: int, port: int, out: str, tokenizer_dir: str, 
         if rank == 0:
             torch.save({"initial": initial, "final": [p.detach().clone() for p in student.parameters()]},
                        os.path.join(out, name, "weights.pt"))
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _lm_launch(tmp_path, world: int, tokenizer_dir: str, runs: list[tuple]) -> dict[str, dict]:
     """``runs`` on ``world`` processes: per run name, its weights (``initial``, ``final``) and metric records."""
     out = tmp_path / f"world{world}"
-    ctx = mp.start_processes(_lm_process, args=(world, _free_port(), str(out), tokenizer_dir, runs), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + 400
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{world}-process runs did not finish in 400 s")
+    spawn_and_wait(_lm_process, (world, free_port(), str(out), tokenizer_dir, runs), world, timeout=400,
+                   what=f"{world}-process runs")
     return {name: {**torch.load(out / name / "weights.pt", weights_only=True), "records": _metrics(out / name)}
             for name, *_ in runs}
 

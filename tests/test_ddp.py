@@ -1,22 +1,14 @@
 """DDP on CPU with 2 gloo processes: the same effective batch gives the same update; resume under DDP."""
 import os
-import socket
 import sys
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import free_port, spawn_and_wait
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 pytestmark = pytest.mark.slow  # every test starts 2 gloo processes (spawn)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, stop_at, resume: bool,
@@ -65,10 +57,6 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, sto
         pass
     if rank == 0:
         torch.save([p.detach().clone() for p in d.trainable_parameters()], os.path.join(out, "final_weights.pt"))
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, normalization="effective_batch",
@@ -79,15 +67,8 @@ def _launch(tmp_path, name, world, batch, accum, stop_at=None, resume=False, nor
             os.environ.pop(k, None)
         _run(0, 1, 0, out, batch, accum, stop_at, resume, normalization)
     else:
-        ctx = mp.start_processes(_run, args=(world, _free_port(), out, batch, accum, stop_at, resume, normalization,
-                                             textbrewer_way),
-                                 nprocs=world, join=False, start_method="spawn")
-        deadline = time.monotonic() + 180
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:  # never let a hung collective hang the test suite
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"DDP run {name} did not finish in 180 s")
+        spawn_and_wait(_run, (world, free_port(), out, batch, accum, stop_at, resume, normalization, textbrewer_way),
+                       world, what=f"DDP run {name}")
     return torch.load(os.path.join(out, "final_weights.pt"), weights_only=True)
 
 
@@ -151,10 +132,6 @@ def _run_cached(rank: int, world: int, port: int, out: str, mode: str) -> None:
             batch_postprocessor=drop_example_index if mode == "none" else None)
     torch.save({"calls": len(calls), "weights": [p.detach().clone() for p in d.trainable_parameters()]},
                os.path.join(out, f"result_rank{rank}.pt"))
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])
@@ -165,14 +142,7 @@ def test_teacher_cache_under_ddp_gives_the_uncached_update(tmp_path, mode):
     results = {}
     for m in ("none", mode):
         out = str(tmp_path / m)
-        ctx = mp.start_processes(_run_cached, args=(2, _free_port(), out, m), nprocs=2, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + 180
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"DDP run {m} did not finish in 180 s")
+        spawn_and_wait(_run_cached, (2, free_port(), out, m), 2, what=f"DDP run {m}")
         results[m] = [torch.load(os.path.join(out, f"result_rank{r}.pt"), weights_only=True) for r in range(2)]
     for a, b in zip(results["none"][0]["weights"], results[mode][0]["weights"]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -1,13 +1,11 @@
 """brewkit.evaluation: accuracy and macro-F1 against hand arithmetic, and DDP evaluation (each rank its shard,
 predictions gathered) equal to one process evaluating the whole split."""
 import os
-import socket
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import free_port, spawn_and_wait
 from torch import nn
 
 from brewkit.data.collate import PadCollator
@@ -65,27 +63,15 @@ def _rank(rank: int, world: int, port: int, n: int, out: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    try:
-        result = evaluate(Scorer(), loader(rows(n), world, rank), "cpu", "macro_f1")
-        torch.save(result, os.path.join(out, f"eval{n}_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    result = evaluate(Scorer(), loader(rows(n), world, rank), "cpu", "macro_f1")
+    torch.save(result, os.path.join(out, f"eval{n}_rank{rank}.pt"))
 
 
 @pytest.mark.slow
 def test_ddp_evaluation_gathers_the_shards(tmp_path):
     """11 examples over 2 ranks (uneven shards) and 1 example over 2 ranks (repeated: counted once)."""
     for n in (11, 1):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ctx = mp.start_processes(_rank, args=(2, port, n, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-        deadline = time.monotonic() + 120
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail("DDP evaluation did not finish in 120 s")
+        spawn_and_wait(_rank, (2, free_port(), n, str(tmp_path)), 2, timeout=120, what="DDP evaluation")
         single = evaluate(Scorer(), loader(rows(n)), "cpu", "macro_f1")
         for r in range(2):
             assert torch.load(tmp_path / f"eval{n}_rank{r}.pt", weights_only=True) == single, (n, r)

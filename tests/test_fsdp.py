@@ -56,10 +56,6 @@ def _run(rank: int, world: int, port: int, out: str, batch: int, accum: int, par
     weights = [full_tensor(p.detach()).clone() for p in d.trainable_parameters()]  # a collective under FSDP
     if rank == 0:
         torch.save(weights, os.path.join(out, "final_weights.pt"))
-    from brewkit.distributed import close_process_group
-
-    del d, teacher, student, loader  # the sharded student must not live until exit (else gloo may abort there)
-    close_process_group()
 
 
 def _launch(tmp_path, name, world, batch, accum, parallel="fsdp", stop_at=None, resume=False, shard_teachers="shard",

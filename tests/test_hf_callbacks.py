@@ -3,13 +3,10 @@ the control flags (stop, save, evaluate, log), EarlyStoppingCallback with its ex
 TensorBoardCallback, bad items, and the stop agreed by every process under DDP."""
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from helpers import Toy, ToyDataset, toy_adaptor
+from helpers import Toy, ToyDataset, free_port, spawn_and_wait, toy_adaptor
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from brewkit import DistillationConfig, GeneralDistiller, TrainingConfig
@@ -203,12 +200,6 @@ def test_transformers_tensorboard_callback_logs_brewkits_records(tmp_path, monke
 
 
 # -- DDP ----------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -219,22 +210,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     d.train(torch.optim.SGD(d.model_S.parameters(), lr=0.1), loader(), num_steps=8, callbacks=[steer])
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"step": d.global_step, "reason": d.stop_reason}, f)
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_under_ddp_one_ranks_control_flags_are_every_ranks(tmp_path):
-    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:  # a flag one rank acted on alone would hang the other in a collective
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the DDP run did not finish in 180 s")
+    # a flag one rank acted on alone would hang the other in a collective: a timeout
+    spawn_and_wait(_ddp_worker, (2, free_port(), str(tmp_path)), 2, what="the DDP run")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["step"] for r in ranks] == [3, 3]
     assert ranks[1]["reason"].startswith(TRAINING_STOP) and ranks[0]["reason"] == "another process"

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,8 +19,8 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
+from helpers import free_port, spawn_and_wait
 from safetensors.torch import load_file
 from task_helpers import GPT2, VOCAB, lm_assets, lm_run
 
@@ -862,35 +861,18 @@ def test_a_capture_killed_mid_way_resumes_and_stores_every_example_exactly_once(
 
 
 # -- DDP ----------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli_process(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
     torch.set_num_threads(1)
-    code = main(argv)
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    code = main(argv)  # it ends the process group itself (close_process_group)
     if code != 0:
         raise SystemExit(code)
 
 
 def launch_cli(world: int, argv: list[str]) -> None:
     """``brewkit ARGV`` in ``world`` spawned gloo processes; fails the test after 240 s."""
-    ctx = mp.start_processes(_cli_process, args=(world, _free_port(), argv), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{argv[0]} did not finish in 240 s")
+    spawn_and_wait(_cli_process, (world, free_port(), argv), world, timeout=240, what=argv[0])
 
 
 @pytest.mark.slow
